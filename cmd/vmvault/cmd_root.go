@@ -19,5 +19,12 @@ VHDX images and guest volumes.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	for _, c := range commands {
+		root.AddCommand(c())
+	}
 	return root
 }
+
+// commands are the subcommand constructors; each cmd_*.go file registers its
+// own in an init function, so adding a command touches one file.
+var commands []func() *cobra.Command

@@ -1,0 +1,262 @@
+// Package copyout copies files out of an untrusted read-only tree (a guest
+// filesystem, or the recovery tree) into a local directory. Guest data is
+// hostile by assumption, so every name is checked before it touches the
+// local filesystem: no absolute paths, no "..", no separators inside names,
+// and symlinks are recreated as symlinks (never followed) only when their
+// target stays inside the destination tree; the others are skipped and
+// reported. Files are written to a temporary name, fsynced and renamed, so
+// an interrupted copy never leaves a half-written file under its real name.
+package copyout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vmvault/vmvault/vhdxfs/guest"
+)
+
+// Source is the read side: guest.FS satisfies it, and so will the recovery
+// tree. Paths are io/fs paths ("." is the root).
+type Source interface {
+	Stat(name string) (guest.FileInfo, error)
+	ReadDir(name string) ([]guest.FileInfo, error)
+	Open(name string) (guest.File, error)
+	Readlink(name string) (string, error)
+}
+
+// Options tune a copy.
+type Options struct {
+	// Progress is called after each chunk of file data is written.
+	Progress func(bytes int64)
+	// Skipped is called for every entry not copied (unsafe symlink, special
+	// file, unsafe name), with the reason.
+	Skipped func(name, reason string)
+}
+
+// Stats summarises a copy.
+type Stats struct {
+	Files, Dirs, Symlinks, Skipped int
+	Bytes                          int64
+}
+
+// ErrUnsafeName is returned (wrapped) for a name that would escape the
+// destination.
+var ErrUnsafeName = errors.New("copyout: unsafe name")
+
+// SafeName reports whether a single path element can be created in a local
+// directory without escaping it.
+func SafeName(name string) bool {
+	if name == "" || name == "." || name == ".." {
+		return false
+	}
+	return !strings.ContainsAny(name, "/\\\x00")
+}
+
+// Copy copies src (a file, symlink or directory, recursively) to dest. When
+// dest is an existing directory, the source's base name is created inside it
+// (like cp); otherwise dest is the new name.
+func Copy(ctx context.Context, s Source, src, dest string, opts Options) (Stats, error) {
+	var st Stats
+	src = path.Clean(strings.TrimPrefix(src, "/"))
+	if src == "" {
+		src = "."
+	}
+	if !fs.ValidPath(src) {
+		return st, fmt.Errorf("copyout: %q: %w", src, fs.ErrInvalid)
+	}
+	fi, err := s.Stat(src)
+	if err != nil {
+		return st, fmt.Errorf("copyout: %w", err)
+	}
+	if dfi, err := os.Stat(dest); err == nil && dfi.IsDir() {
+		base := path.Base(src)
+		if src == "." {
+			base = ""
+		}
+		if base != "" {
+			if !SafeName(base) {
+				return st, fmt.Errorf("copyout: %q: %w", base, ErrUnsafeName)
+			}
+			dest = filepath.Join(dest, base)
+		}
+	}
+	root, err := filepath.Abs(dest)
+	if err != nil {
+		return st, fmt.Errorf("copyout: %w", err)
+	}
+	c := &copier{ctx: ctx, s: s, opts: opts, st: &st, root: root}
+	err = c.copy(src, fi, root)
+	return st, err
+}
+
+type copier struct {
+	ctx  context.Context
+	s    Source
+	opts Options
+	st   *Stats
+	root string // absolute destination of the top entry
+	dirs []dirTime
+}
+
+type dirTime struct {
+	path string
+	mt   time.Time
+}
+
+func (c *copier) skip(name, reason string) {
+	c.st.Skipped++
+	if c.opts.Skipped != nil {
+		c.opts.Skipped(name, reason)
+	}
+}
+
+func (c *copier) copy(src string, fi guest.FileInfo, dst string) error {
+	if err := c.ctx.Err(); err != nil {
+		return err
+	}
+	switch {
+	case fi.Mode.IsDir():
+		if err := c.copyDir(src, dst); err != nil {
+			return err
+		}
+		// Directory mtimes are set after their contents, deepest first,
+		// because creating entries inside would change them again.
+		for i := len(c.dirs) - 1; i >= 0; i-- {
+			d := c.dirs[i]
+			_ = os.Chtimes(d.path, d.mt, d.mt)
+		}
+		c.dirs = c.dirs[:0]
+		return nil
+	case fi.Mode&fs.ModeSymlink != 0:
+		return c.copyLink(src, dst)
+	case fi.Mode.IsRegular():
+		return c.copyFile(src, fi, dst)
+	}
+	c.skip(src, "not a regular file, directory or symlink")
+	return nil
+}
+
+func (c *copier) copyDir(src, dst string) error {
+	fi, err := c.s.Stat(src)
+	if err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	c.st.Dirs++
+	c.dirs = append(c.dirs, dirTime{dst, fi.ModTime})
+	ents, err := c.s.ReadDir(src)
+	if err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	for _, e := range ents {
+		child := path.Join(src, e.Name)
+		if !SafeName(e.Name) {
+			c.skip(child, "unsafe name")
+			continue
+		}
+		cdst := filepath.Join(dst, e.Name)
+		if e.Mode.IsDir() {
+			if err := c.copyDir(child, cdst); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := c.copy(child, e, cdst); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyLink recreates a symlink whose target, resolved lexically from the
+// link's own directory, stays inside the copied tree. Absolute targets refer
+// to the guest's root, not ours, so they are never recreated.
+func (c *copier) copyLink(src, dst string) error {
+	target, err := c.s.Readlink(src)
+	if err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	if target == "" || filepath.IsAbs(target) || strings.ContainsRune(target, 0) {
+		c.skip(src, "symlink target outside the copied tree: "+target)
+		return nil
+	}
+	resolved := filepath.Clean(filepath.Join(filepath.Dir(dst), filepath.FromSlash(target)))
+	if resolved != c.root && !strings.HasPrefix(resolved, c.root+string(filepath.Separator)) {
+		c.skip(src, "symlink target outside the copied tree: "+target)
+		return nil
+	}
+	_ = os.Remove(dst)
+	if err := os.Symlink(target, dst); err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	c.st.Symlinks++
+	return nil
+}
+
+func (c *copier) copyFile(src string, fi guest.FileInfo, dst string) (err error) {
+	f, err := c.s.Open(src)
+	if err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	defer f.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".vmvault-copy-*")
+	if err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	w := &progressWriter{w: tmp, fn: c.opts.Progress, ctx: c.ctx}
+	n, err := io.Copy(w, io.NewSectionReader(f, 0, f.Size()))
+	if err != nil {
+		return fmt.Errorf("copyout: %s: %w", src, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	if err := os.Chmod(tmp.Name(), fi.Mode.Perm()|0o600); err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	if err := os.Chtimes(tmp.Name(), fi.ModTime, fi.ModTime); err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return fmt.Errorf("copyout: %w", err)
+	}
+	c.st.Files++
+	c.st.Bytes += n
+	return nil
+}
+
+type progressWriter struct {
+	w   io.Writer
+	fn  func(int64)
+	ctx context.Context
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	if err := p.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := p.w.Write(b)
+	if p.fn != nil && n > 0 {
+		p.fn(int64(n))
+	}
+	return n, err
+}

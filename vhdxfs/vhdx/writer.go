@@ -1,0 +1,218 @@
+package vhdx
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/vmvault/vmvault/vhdxfs/vdisk"
+)
+
+const (
+	// synthWriteBuf is the unit of source reads and file writes: large
+	// enough for sequential throughput on disks and chunk stores, small
+	// enough that the two buffers in flight cost 16 MiB.
+	synthWriteBuf = 8 * MiB
+	// synthHoleUnit is the granularity at which WriteFile detects zero
+	// ranges and leaves them as holes instead of writing them.
+	synthHoleUnit = 64 * 1024
+	// synthFileMode is the mode of files made by WriteFile. CreateTemp
+	// makes 0600; chmod to what os.Create gives under the usual umask 022.
+	synthFileMode = 0o644
+)
+
+// WriteFile synthesizes a dynamic VHDX of the given disk (see NewSynth) and
+// writes it to path atomically: the bytes go to a temporary file in the same
+// directory, which is fsynced and renamed over path, then the directory is
+// fsynced. On any error or cancellation the temporary file is removed and
+// path is left untouched, so a crash never leaves a half-written file under
+// the final name.
+func WriteFile(ctx context.Context, path string, id vdisk.Identity, src io.ReaderAt, alloc []vdisk.Extent, opts SynthOptions) error {
+	s, err := NewSynth(id, src, alloc, opts)
+	if err != nil {
+		return err
+	}
+	return s.WriteFile(ctx, path)
+}
+
+// WriteFile writes the synthesized file to path atomically (see the
+// package-level WriteFile). All-zero ranges are left as holes, so the file
+// uses about as much disk space as the allocated data.
+func (s *Synth) WriteFile(ctx context.Context, path string) (err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("vhdx: write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	emit := func(b []byte, off int64) error {
+		// Write the non-zero stretches only; skipped ranges become holes
+		// (or zeros on filesystems without them) once the size is set.
+		for i := 0; i < len(b); {
+			j := i
+			for j < len(b) && synthIsZero(b[j:min(j+synthHoleUnit, len(b))]) {
+				j += synthHoleUnit
+			}
+			if j >= len(b) {
+				break
+			}
+			k := j
+			for k < len(b) && !synthIsZero(b[k:min(k+synthHoleUnit, len(b))]) {
+				k += synthHoleUnit
+			}
+			k = min(k, len(b))
+			if _, err := f.WriteAt(b[j:k], off+int64(j)); err != nil {
+				return err
+			}
+			i = k
+		}
+		return nil
+	}
+	if err = s.stream(ctx, emit); err != nil {
+		return fmt.Errorf("vhdx: write %s: %w", path, err)
+	}
+	if err = f.Truncate(s.lay.size); err != nil {
+		return fmt.Errorf("vhdx: write %s: %w", path, err)
+	}
+	if err = f.Chmod(synthFileMode); err != nil {
+		return fmt.Errorf("vhdx: write %s: %w", path, err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("vhdx: write %s: fsync: %w", path, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("vhdx: write %s: %w", path, err)
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("vhdx: write %s: %w", path, err)
+	}
+	// The rename is durable only once the directory is synced. The file is
+	// complete under its final name by now, so a failure here is reported
+	// but must not remove it.
+	if derr := synthSyncDir(dir); derr != nil {
+		return fmt.Errorf("vhdx: write %s: sync directory: %w", path, derr)
+	}
+	return nil
+}
+
+// synthSyncDir fsyncs a directory so a rename in it survives a crash.
+// Windows cannot flush directory handles; NTFS journals the rename.
+func synthSyncDir(dir string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// WriteTo writes the whole file to w sequentially (io.WriterTo), zeros
+// included.
+func (s *Synth) WriteTo(w io.Writer) (int64, error) {
+	return s.WriteToContext(context.Background(), w)
+}
+
+// WriteToContext is WriteTo with cancellation between buffers.
+func (s *Synth) WriteToContext(ctx context.Context, w io.Writer) (int64, error) {
+	var n int64
+	err := s.stream(ctx, func(b []byte, _ int64) error {
+		m, err := w.Write(b)
+		n += int64(m)
+		if err == nil && m < len(b) {
+			err = io.ErrShortWrite
+		}
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("vhdx: write: %w", err)
+	}
+	return n, nil
+}
+
+type synthChunk struct {
+	buf []byte
+	off int64
+	err error
+}
+
+// stream produces the file in order, in synthWriteBuf pieces, and hands
+// each to emit. One goroutine reads the next buffer from the source while
+// emit writes the previous one, so source and destination I/O overlap. When
+// stream returns, no source read is in flight any more.
+func (s *Synth) stream(ctx context.Context, emit func(b []byte, off int64) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	size := s.lay.size
+	free := make(chan []byte, 2)
+	full := make(chan synthChunk, 2) // never blocks: only 2 buffers circulate
+	for range 2 {
+		free <- make([]byte, min(synthWriteBuf, size))
+	}
+	go func() {
+		defer close(full)
+		for off := int64(0); off < size; {
+			var buf []byte
+			select {
+			case <-ctx.Done():
+				full <- synthChunk{err: ctx.Err()}
+				return
+			case buf = <-free:
+			}
+			n := min(int64(len(buf)), size-off)
+			_, err := s.ReadAt(buf[:n], off)
+			full <- synthChunk{buf: buf[:n], off: off, err: err}
+			if err != nil {
+				return
+			}
+			off += n
+		}
+	}()
+	var err error
+	for c := range full {
+		if err != nil {
+			continue // drain so the reader goroutine finishes
+		}
+		if c.err != nil {
+			err = c.err
+			continue
+		}
+		if err = ctx.Err(); err != nil {
+			cancel()
+			continue
+		}
+		if err = emit(c.buf, c.off); err != nil {
+			cancel()
+			continue
+		}
+		if s.progress != nil {
+			s.progress(c.off + int64(len(c.buf)))
+		}
+		free <- c.buf[:cap(c.buf)]
+	}
+	return err
+}
+
+// synthIsZero reports whether b is all zeros. Comparing b with itself
+// shifted by one byte lets bytes.Equal's vectorized loop do the scan.
+func synthIsZero(b []byte) bool {
+	return len(b) == 0 || (b[0] == 0 && bytes.Equal(b[1:], b[:len(b)-1]))
+}
