@@ -27,7 +27,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 
 	"github.com/vmvault/vmvault/internal/testenv"
@@ -205,7 +204,7 @@ func Dir(t testing.TB) string {
 		t.Fatalf("testdisks: %v", err)
 	}
 	defer lock.Close() // releases the flock
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+	if err := lockFile(lock); err != nil {
 		t.Fatalf("testdisks: flock: %v", err)
 	}
 	if !complete(out) { // another process may have built it while we waited

@@ -294,6 +294,14 @@ func TestSectorZeroDiscrimination(t *testing.T) {
 			t.Fatalf("tb %+v err %v", tb, err)
 		}
 	})
+	t.Run("MBR with every entry beyond the disk", func(t *testing.T) {
+		img := make([]byte, size)
+		mbrSlot(img, 0, 0, 0, 0x07, 1<<30, 100)
+		tb, err := readBytes(img, 512)
+		if err != nil || tb.Scheme != "mbr" || len(tb.Partitions) != 0 || !hasWarning(tb, "p1: starts at LBA 1073741824") {
+			t.Fatalf("tb %+v err %v", tb, err)
+		}
+	})
 	t.Run("55 AA with bad boot indicators", func(t *testing.T) {
 		img := make([]byte, size)
 		img[510], img[511] = 0x55, 0xAA
@@ -370,3 +378,21 @@ func TestBadInputs(t *testing.T) {
 }
 
 func flipByte(b []byte, off int) { b[off] ^= 0x10 }
+
+// TestGPTGrownDisk: a 2 MiB GPT disk expanded to 4 MiB (as after a VHDX
+// resize) keeps its backup at the old end. It is found through the primary
+// header's AlternateLBA, with a warning, also when the primary entries are
+// damaged and the last LBA holds nothing.
+func TestGPTGrownDisk(t *testing.T) {
+	small := craftGPT(2*mib, 512, []gptEntry{{Type: typeBasic, First: 64, Last: 127}})
+	img := append(small, make([]byte, 2*mib)...)
+	tb, err := readBytes(img, 512)
+	if err != nil || len(tb.Partitions) != 1 || !hasWarning(tb, "backup GPT at LBA 4095, not at the last LBA 8191") {
+		t.Fatalf("grown: %+v %v", tb, err)
+	}
+	flipByte(img, 1024+40) // primary entries
+	tb, err = readBytes(img, 512)
+	if err != nil || len(tb.Partitions) != 1 || !hasWarning(tb, "using the backup at LBA 4095") {
+		t.Fatalf("grown, primary entries bad: %+v %v", tb, err)
+	}
+}

@@ -33,8 +33,8 @@ type gptHeader struct {
 
 // readGPTAny reads a GPT with the caller's sector size first and then with
 // the other usual sizes. The first size whose primary or backup copy is
-// intact wins.
-func readGPTAny(r io.ReaderAt, diskSize int64, hint int) (*Table, error) {
+// intact wins. sawSig reports whether any "EFI PART" header was seen.
+func readGPTAny(r io.ReaderAt, diskSize int64, hint int) (t *Table, sawSig bool, err error) {
 	sizes := []int{512, 4096}
 	if hint != 0 {
 		sizes = []int{hint}
@@ -52,17 +52,17 @@ func readGPTAny(r io.ReaderAt, diskSize int64, hint int) (*Table, error) {
 			if hint != 0 && ss != hint {
 				t.Warnings = append([]string{fmt.Sprintf("GPT found with %d-byte sectors, not the %d-byte logical sectors given", ss, hint)}, t.Warnings...)
 			}
-			return t, nil
+			return t, true, nil
 		}
 		if !errors.Is(err, vdisk.ErrCorrupt) {
-			return nil, err // I/O failure: do not guess further
+			return nil, sawSig, err // I/O failure: do not guess further
 		}
 		// Report the attempt that found a header, it says what is broken.
 		if best == nil || (sawSig && !bestSawSig) {
 			best, bestSawSig = err, sawSig
 		}
 	}
-	return nil, best
+	return nil, bestSawSig, best
 }
 
 // readGPT reads the primary GPT at LBA 1 and, if it is damaged, the backup

@@ -149,7 +149,8 @@ func Read(r io.ReaderAt, diskSize int64, sectorSize int) (*Table, error) {
 	if mbr != nil && hasProtective(mbr) {
 		// The disk claims GPT: failing to read it is an error, never a
 		// silent fallback to "whole disk", which would hide the damage.
-		return readGPTAny(r, diskSize, sectorSize)
+		t, _, err := readGPTAny(r, diskSize, sectorSize)
+		return t, err
 	}
 	fs := fsAtZero(head, false)
 	if mbr != nil && mbrPlausible(mbr, diskSize, mbrSector, fs != "") {
@@ -174,17 +175,31 @@ func Read(r io.ReaderAt, diskSize int64, sectorSize int) (*Table, error) {
 	// A GPT without its protective MBR (LBA 0 zeroed or overwritten):
 	// Linux ignores it unless forced, but for recovery it is better to
 	// show it, loudly.
-	if t, err := readGPTAny(r, diskSize, sectorSize); err == nil {
-		t.Warnings = append([]string{"protective MBR missing; GPT used anyway"}, t.Warnings...)
-		return t, nil
+	gt, sawSig, err := readGPTAny(r, diskSize, sectorSize)
+	if err == nil {
+		gt.Warnings = append([]string{"protective MBR missing; GPT used anyway"}, gt.Warnings...)
+		return gt, nil
+	}
+	if !errors.Is(err, vdisk.ErrCorrupt) {
+		return nil, err
 	}
 	t := wholeDisk(diskSize, mbrSector, "")
+	if sawSig {
+		t.Warnings = append(t.Warnings, "GPT header without protective MBR, unusable: "+err.Error())
+	}
 	switch {
 	case mbr == nil:
 		t.Warnings = append(t.Warnings, "no partition table or file system signature found; treating the disk as unpartitioned")
 	case mbrInvalid(mbr) == "":
-		// Valid but empty: an initialised disk without partitions.
-		return &Table{Scheme: "mbr", SectorSize: mbrSector}, nil
+		// A valid MBR without usable entries: an initialised disk without
+		// partitions, or one whose entries all lie beyond the disk
+		// (readMBR says so in warnings).
+		mt, err := readMBR(r, diskSize, mbrSector, mbr)
+		if err != nil {
+			return nil, err
+		}
+		mt.Warnings = append(t.Warnings, mt.Warnings...)
+		return mt, nil
 	default:
 		t.Warnings = append(t.Warnings, "sector 0 ends in 55 AA but is not a valid MBR ("+mbrInvalid(mbr)+"); treating the disk as unpartitioned")
 	}
