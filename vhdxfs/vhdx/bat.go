@@ -2,6 +2,7 @@ package vhdx
 
 import (
 	"encoding/binary"
+	"sort"
 )
 
 // BAT entry layout (MS-VHDX 2.5.1): bits 0-2 state, bits 20-63 offset in MiB.
@@ -72,9 +73,14 @@ func loadBAT(rd *rdMetaReader, region RegionEntry, g rdGeometry) ([]uint64, erro
 }
 
 // checkBAT validates every entry (states, offsets inside the file and clear
-// of the header section, log, BAT and metadata) and counts them.
+// of the header section, log and every region) and counts them. used must
+// not overlap itself (pickRegions checked that). Payload blocks are not
+// checked against each other: aliasing blocks are harmless to a reader and
+// the check would cost a sort of up to 64 Mi offsets.
 func checkBAT(bat []uint64, g rdGeometry, fileSize int64, used []rdSpan) (BATCounts, error) {
 	c := BATCounts{Entries: int64(len(bat))}
+	used = append([]rdSpan(nil), used...)
+	sort.Slice(used, func(i, j int) bool { return used[i].off < used[j].off })
 	checkPlace := func(idx int64, e uint64, n int64) error {
 		off := e & rdBATOffsetMask // unsigned: the top bit must not turn it negative
 		if off < HeaderSectionSize {
@@ -83,10 +89,11 @@ func checkBAT(bat []uint64, g rdGeometry, fileSize int64, used []rdSpan) (BATCou
 		if off > uint64(fileSize) || uint64(n) > uint64(fileSize)-off {
 			return rdCorrupt("bat: entry %d points past end of file", idx)
 		}
-		for _, s := range used {
-			if off < s.end && off+uint64(n) > s.off {
-				return rdCorrupt("bat: entry %d overlaps the %s region", idx, s.what)
-			}
+		// used is sorted and non-overlapping: binary search keeps this
+		// O(log n) even with thousands of (optional) regions.
+		i := sort.Search(len(used), func(i int) bool { return used[i].end > off })
+		if i < len(used) && used[i].off < off+uint64(n) {
+			return rdCorrupt("bat: entry %d overlaps the %s region", idx, used[i].what)
 		}
 		return nil
 	}

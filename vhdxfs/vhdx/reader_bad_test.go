@@ -51,8 +51,9 @@ func rdtExercise(t testing.TB, b []byte) error {
 		return err
 	}
 	defer d.Close()
-	buf := make([]byte, 4*MiB)
-	for off := int64(0); off < d.Size(); off += int64(len(buf)) {
+	// Read a 256 KiB window in every MiB: every block, cheaply.
+	buf := make([]byte, 256*1024)
+	for off := int64(0); off < d.Size(); off += MiB {
 		if _, err := d.ReadAt(buf, off); err != nil && err.Error() != "EOF" {
 			return err
 		}
@@ -100,7 +101,7 @@ func TestReaderBitFlips(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	for _, a := range areas {
 		named := 0
-		for range 150 {
+		for range 80 {
 			b := bytes.Clone(file)
 			for range 1 + rng.IntN(3) {
 				b[a.off+rng.IntN(a.len)] ^= 1 << rng.IntN(8)
@@ -162,7 +163,11 @@ func TestReaderHostileFields(t *testing.T) {
 		{"metadata item huge", func(b []byte) { le.PutUint32(b[meta+32+20:], 0xffffffff) }, "vhdx: metadata: item caa16737-fa36-4d43-b3b6-33f0aa44e76b is 4294967295 bytes"},
 		{"metadata item outside", func(b []byte) { le.PutUint32(b[meta+32+16:], MiB-4) }, "vhdx: metadata: item caa16737-fa36-4d43-b3b6-33f0aa44e76b at 0xffffc length 8 lies outside"},
 		{"metadata unknown required", func(b []byte) { b[meta+32] ^= 0xff; le.PutUint32(b[meta+32+24:], 4) }, "vhdx: metadata: unknown required item"},
-		{"metadata unknown optional", func(b []byte) { b[meta+32+16*32] = 0; copy(b[meta+32+5*32:], []byte{9, 9, 9}); le.PutUint16(b[meta+10:], 6) }, ""},
+		{"metadata unknown optional", func(b []byte) {
+			// A sixth, empty (offset=length=0) item nobody knows, not required.
+			copy(b[meta+32+5*32:], []byte{9, 9, 9})
+			le.PutUint16(b[meta+10:], 6)
+		}, ""},
 		{"metadata missing item", func(b []byte) { le.PutUint16(b[meta+10:], 1) }, "vhdx: metadata: missing"},
 		{"metadata signature", func(b []byte) { b[meta] = 'X' }, "vhdx: metadata: bad signature"},
 		{"region entry count", regions(func(r []byte) { le.PutUint32(r[8:], 0x7fffffff) }), "vhdx: region table: 2147483647 entries"},

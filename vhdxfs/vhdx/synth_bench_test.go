@@ -90,3 +90,21 @@ func BenchmarkSynthWriteFile(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkSynthWriteToDiscard: the writer pipeline without a destination
+// disk (source read, overlap, buffering).
+func BenchmarkSynthWriteToDiscard(b *testing.B) {
+	src := synthBenchSource(b)
+	s, err := NewSynth(vdisk.Identity{VirtualSize: synthBenchSize}, src,
+		[]vdisk.Extent{{Off: 0, Len: synthBenchSize}}, SynthOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(s.Size())
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := s.WriteTo(io.Discard); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

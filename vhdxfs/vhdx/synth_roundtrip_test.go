@@ -1,3 +1,5 @@
+//go:build unix
+
 package vhdx
 
 import (
@@ -43,9 +45,9 @@ func synthRoundTrip(t *testing.T, orig, raw string, tc synthToolCase) string {
 	tc.raw, tc.src, tc.alloc, tc.id = raw, d, d.Allocated(), id
 	out := synthCheckTools(t, tc)
 
-	if id.LogicalSectorSize == 512 && id.ChainLength <= 1 {
-		// qemu cannot open differencing files; compare with the original
-		// directly otherwise.
+	if id.LogicalSectorSize == 512 && id.ChainLength <= 1 && !d.Info().Log.Replayed {
+		// qemu cannot open differencing files, nor read-only ones with a
+		// log to replay; compare with the original directly otherwise.
 		got := synthExec(t, "qemu-img", "compare", "-f", "vhdx", "-F", "vhdx", out, orig)
 		if !strings.Contains(got, "Images are identical") {
 			t.Fatalf("compare with the original: %s", got)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -683,7 +684,7 @@ func TestSynthReadAtMatchesWriteFile(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(g), 42))
-			for range 300 {
+			for range 150 {
 				b := bounds[rng.IntN(len(bounds))]
 				off := b + rng.Int64N(20001) - 10000
 				off = min(max(off, 0), l.size)
@@ -832,4 +833,93 @@ func TestSynthWriteFileCancelAndProgress(t *testing.T) {
 	if st.Mode().Perm() != 0o644 {
 		t.Fatalf("mode %v", st.Mode())
 	}
+}
+
+// A 64 TiB disk costs memory in proportion to its allocation, not its size:
+// the BAT is never materialized.
+func TestSynthHuge(t *testing.T) {
+	const size = 64 << 40
+	alloc := []vdisk.Extent{{Off: 0, Len: 512}, {Off: 1 << 40, Len: 3 << 20}, {Off: size - 512, Len: 512}}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	s := synthMustNew(t, vdisk.Identity{VirtualSize: size}, synthPattern{size}, alloc, SynthOptions{BlockSize: 1 << 20})
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Fatalf("NewSynth allocated %d bytes for a 64 TiB disk", n)
+	}
+	l := s.lay
+	if l.batLength != 513<<20 || l.size != l.payloadOffset+5<<20 {
+		t.Fatalf("layout %+v", l)
+	}
+	// The BAT entries of the stored blocks, read one by one.
+	cr := l.chunkRatio
+	for k, b := range []int64{0, 1 << 20, 1<<20 + 1, 1<<20 + 2, size>>20 - 1} {
+		e := synthReadRange(t, s, 2<<20+8*(b+b/cr), 8)
+		want := uint64(l.payloadOffset+int64(k)<<20) | PayloadFullyPresent
+		if got := binary.LittleEndian.Uint64(e); got != want {
+			t.Fatalf("BAT entry of block %d = %#x want %#x", b, got, want)
+		}
+	}
+	// The last sector of the disk is the last sector of the last block.
+	got := synthReadRange(t, s, l.size-512, 512)
+	want := make([]byte, 512)
+	synthPattern{size}.ReadAt(want, size-512)
+	if !bytes.Equal(got, want) {
+		t.Fatal("last sector differs")
+	}
+	if _, err := NewSynth(vdisk.Identity{VirtualSize: size + 4096}, synthPattern{size}, nil, SynthOptions{}); err == nil {
+		t.Fatal("accepted more than 64 TiB")
+	}
+}
+
+// FuzzSynth: arbitrary allocation maps, sizes, sector and block sizes give
+// either an error or a file the independent decoder accepts, whose content
+// is the source inside the allocation and zeros elsewhere, and whose bytes
+// do not depend on how they are read.
+func FuzzSynth(f *testing.F) {
+	f.Add(uint32(20480), uint8(0), uint8(0), []byte{0, 0, 0, 1, 0x10, 0, 0, 8})
+	f.Add(uint32(1), uint8(1), uint8(1), []byte{0, 0, 0, 0})
+	f.Add(uint32(32767), uint8(2), uint8(0), []byte{0xff, 0xff, 0, 2, 0x40, 0x01, 0x7f, 0xff, 0, 3, 0, 1})
+	f.Add(uint32(24577), uint8(1), uint8(1), []byte{0x5f, 0xff, 0, 1})
+	f.Fuzz(func(t *testing.T, sectors uint32, bsSel, lssSel uint8, ext []byte) {
+		lss := []uint32{512, 4096}[lssSel%2]
+		size := int64(sectors%(1<<15)) * 512 // up to 16 MiB, maybe not a multiple of lss
+		if size == 0 {
+			size = 512
+		}
+		bs := []uint32{1 << 20, 2 << 20, 8 << 20}[bsSel%3]
+		var alloc []vdisk.Extent
+		for i := 0; i+4 <= len(ext) && len(alloc) < 64; i += 4 {
+			// 16-bit offset and length in 1 KiB units, plus odd bytes.
+			off := int64(binary.LittleEndian.Uint16(ext[i:]))<<10 + int64(ext[i]&7)
+			n := int64(binary.LittleEndian.Uint16(ext[i+2:])) << 6
+			alloc = append(alloc, vdisk.Extent{Off: off, Len: n})
+		}
+		src := synthPattern{size}
+		id := vdisk.Identity{VirtualSize: size, LogicalSectorSize: lss}
+		s, err := NewSynth(id, src, alloc, SynthOptions{BlockSize: bs})
+		if err != nil {
+			t.Fatal(err) // every input here is valid
+		}
+		p := synthParse(t, s)
+		if p.virtualSize != RoundUp(size, int64(lss)) {
+			t.Fatalf("virtual size %d for %d", p.virtualSize, size)
+		}
+		synthVerify(t, s, s.Size(), p, src, alloc, size)
+		// Odd-sized reads across the whole file equal one big read.
+		whole := synthReadRange(t, s, 0, s.Size())
+		for off, step := int64(0), int64(ext0(ext))*4093+65537; off < s.Size(); off += step {
+			n := min(step, s.Size()-off)
+			if !bytes.Equal(synthReadRange(t, s, off, n), whole[off:off+n]) {
+				t.Fatalf("read of %d at %d differs", n, off)
+			}
+		}
+	})
+}
+
+func ext0(b []byte) byte {
+	if len(b) == 0 {
+		return 7
+	}
+	return b[0]
 }

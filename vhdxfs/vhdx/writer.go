@@ -42,7 +42,7 @@ func WriteFile(ctx context.Context, path string, id vdisk.Identity, src io.Reade
 // WriteFile writes the synthesized file to path atomically (see the
 // package-level WriteFile). All-zero ranges are left as holes, so the file
 // uses about as much disk space as the allocated data.
-func (s *Synth) WriteFile(ctx context.Context, path string) (err error) {
+func (s *Synth) WriteFile(ctx context.Context, path string) error {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
@@ -52,9 +52,10 @@ func (s *Synth) WriteFile(ctx context.Context, path string) (err error) {
 		return fmt.Errorf("vhdx: write %s: %w", path, err)
 	}
 	tmp := f.Name()
+	renamed := false
 	defer func() {
-		if err != nil {
-			f.Close()
+		if !renamed {
+			f.Close() // may already be closed; the error is moot then
 			os.Remove(tmp)
 		}
 	}()
@@ -99,6 +100,7 @@ func (s *Synth) WriteFile(ctx context.Context, path string) (err error) {
 	if err = os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("vhdx: write %s: %w", path, err)
 	}
+	renamed = true
 	// The rename is durable only once the directory is synced. The file is
 	// complete under its final name by now, so a failure here is reported
 	// but must not remove it.
