@@ -2,8 +2,11 @@ package guest
 
 import (
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/vmvault/vmvault/internal/testenv"
@@ -78,4 +81,70 @@ func BenchmarkExt4ListDir10k(b *testing.B) {
 		must(b, os.WriteFile(out, data, 0o644))
 	})
 	benchListDir(b, img, "ext4")
+}
+
+// benchBigTree writes one 64 MiB file of random bytes.
+func benchBigTree(b *testing.B, dir string) {
+	buf := make([]byte, 64<<20)
+	rand.NewChaCha8([32]byte{9}).Read(buf)
+	must(b, os.WriteFile(filepath.Join(dir, "big.bin"), buf, 0o644))
+}
+
+// benchRead reads big.bin in 128 KiB pieces (the FUSE read size) from
+// `par` goroutines at once, each its own stripe: MB/s is what a mount
+// reader sees, minus FUSE.
+func benchRead(b *testing.B, img string, par int) {
+	r, size := imageFile(b, img)
+	g, err := Open(r, size)
+	must(b, err)
+	defer g.Close()
+	f, err := g.Open("big.bin")
+	must(b, err)
+	b.SetBytes(f.Size())
+	b.ResetTimer()
+	for b.Loop() {
+		var wg sync.WaitGroup
+		stripe := f.Size() / int64(par)
+		for w := 0; w < par; w++ {
+			wg.Add(1)
+			go func(off int64) {
+				defer wg.Done()
+				buf := make([]byte, 128<<10)
+				for o := off; o < off+stripe; o += int64(len(buf)) {
+					if _, err := f.ReadAt(buf, o); err != nil && err != io.EOF {
+						b.Error(err)
+						return
+					}
+				}
+			}(int64(w) * stripe)
+		}
+		wg.Wait()
+	}
+}
+
+func BenchmarkNTFSRead64MiB(b *testing.B) {
+	testenv.NeedTools(b, "mkntfs", "ntfs-3g")
+	testenv.NeedFUSE(b)
+	img := cachedImage(b, "ntfs-big.img", func(out string) {
+		src := b.TempDir()
+		benchBigTree(b, src)
+		buildNTFS(b, src, 128, out)
+	})
+	for _, par := range []int{1, 4} {
+		b.Run(fmt.Sprintf("readers=%d", par), func(b *testing.B) { benchRead(b, img, par) })
+	}
+}
+
+func BenchmarkExt4Read64MiB(b *testing.B) {
+	testenv.NeedTools(b, "mkfs.ext4", "e2fsck")
+	img := cachedImage(b, "ext4-big.img", func(out string) {
+		src := b.TempDir()
+		benchBigTree(b, src)
+		data, err := os.ReadFile(buildExt4Size(b, src, "160M"))
+		must(b, err)
+		must(b, os.WriteFile(out, data, 0o644))
+	})
+	for _, par := range []int{1, 4} {
+		b.Run(fmt.Sprintf("readers=%d", par), func(b *testing.B) { benchRead(b, img, par) })
+	}
 }

@@ -1,12 +1,29 @@
 package guest
 
-// ext2/3/4 reader. github.com/masahiro331/go-ext4-filesystem was evaluated and
-// replaced; see the package README section in doc.go for why. This reader
-// covers what a backup browser needs: superblock, group descriptors (32 and
-// 64 byte), inodes with nanosecond mtimes, extent trees, ext2/3 block maps,
-// linear and HTree directories (HTree blocks are also valid linear blocks),
-// inline data, fast and slow symlinks. Files are read through a run table
-// built once per Open, so ReadAt is lock-free.
+// ext2/3/4 reader, written here. github.com/masahiro331/go-ext4-filesystem
+// (in go.mod) was evaluated and not used because, for a FUSE backend over
+// untrusted images:
+//   - File.Read seeks the filesystem's one shared io.SectionReader, so two
+//     files (or two readers of one file) read concurrently corrupt each
+//     other; there is no ReadAt;
+//   - every path lookup lists the whole parent directory and reads every
+//     entry's inode, per component;
+//   - Open and Stat follow symlinks (ReadLink is resolved against the base
+//     name, and filepath.Clean rewrites targets), so lstat semantics and
+//     exact targets are impossible;
+//   - FileInfo hides the inode number, link count, uid/gid, and mtimes have
+//     second resolution;
+//   - a file's block table is a map with one entry per 4 KiB block (a
+//     3 GiB file costs ~800k map entries), the fast-symlink path slices
+//     i_block[:size] without a bound check, and the extent tree fan-out is
+//     unbounded.
+// What this reader covers: superblock, 32/64-byte group descriptors, inodes
+// with nanosecond mtimes, extent trees (depth-checked, visit-capped),
+// ext2/3 block maps, linear and HTree directories (HTree blocks parse as
+// linear blocks with empty index entries), inline data up to 60 bytes, fast
+// and slow symlinks. A file's run table is built once per Open, so ReadAt is
+// lock-free. Not supported: meta_bg groups past s_first_meta_bg, inline data
+// beyond i_block (system.data xattr), encrypted names (shown as raw bytes).
 
 import (
 	"encoding/binary"
@@ -45,6 +62,7 @@ type ext4FS struct {
 	firstMetaBG uint32
 	metaBG      bool
 	lbl         string
+	size        int64 // partition bytes
 
 	// cache holds metadata blocks (group descriptors, inode tables):
 	// listing a directory reads many inodes from the same few blocks.
@@ -52,7 +70,8 @@ type ext4FS struct {
 	cache map[int64][]byte
 }
 
-const ext4CacheBlocks = 4096 // 16 MiB with 4 KiB blocks
+// ext4CacheBytes bounds the metadata cache (whatever the block size).
+const ext4CacheBytes = 16 << 20
 
 // metaBlock returns block blk through the metadata cache. The returned slice
 // is shared and must not be modified.
@@ -68,7 +87,7 @@ func (e *ext4FS) metaBlock(blk int64) ([]byte, error) {
 		return nil, fmt.Errorf("guest: ext4: read block %d: %w", blk, err)
 	}
 	e.mu.Lock()
-	if len(e.cache) >= ext4CacheBlocks {
+	if int64(len(e.cache))*e.bs >= ext4CacheBytes {
 		clear(e.cache) // crude, but bounded and rare
 	}
 	e.cache[blk] = b
@@ -119,7 +138,7 @@ func openExt4(r io.ReaderAt, size int64) (backend, error) {
 	if logBS > 6 {
 		return nil, fmt.Errorf("guest: ext4: block size 2^%d KiB: %w", logBS, ErrCorrupt)
 	}
-	e := &ext4FS{r: r, bs: 1024 << logBS, cache: make(map[int64][]byte)}
+	e := &ext4FS{r: r, bs: 1024 << logBS, size: size, cache: make(map[int64][]byte)}
 	e.inodes = le.Uint32(sb[0:])
 	e.ipg = le.Uint32(sb[0x28:])
 	bpg := le.Uint32(sb[0x20:])
@@ -492,7 +511,8 @@ func (e *ext4FS) list(dir node) ([]node, error) {
 		// Inline directory: 4 bytes of parent inode, then entries.
 		blocks, bs = in.block[4:], 56
 	} else {
-		if blocks, err = e.data(in, ext4MaxDirBytes); err != nil {
+		// A directory cannot hold more data than the partition.
+		if blocks, err = e.data(in, min(ext4MaxDirBytes, e.size)); err != nil {
 			return nil, err
 		}
 	}

@@ -1,10 +1,14 @@
 package guest
 
-// FAT12/16/32, written here rather than taken from go-diskfs: diskfs wants a
-// seekable backend.Storage rather than an io.ReaderAt, its files have one
-// shared Seek+Read position (no concurrent ReadAt), and it reads whole FATs
-// sized by the untrusted BPB. The format is small: a boot sector, FAT chains,
-// 32-byte directory entries with VFAT long names.
+// FAT12/16/32, written here rather than taken from go-diskfs v1.9.4 (which
+// does have fat12/fat16/fat32 packages): its files are Read+Seek with one
+// position (no concurrent ReadAt); fat32.Read allocates the whole FAT twice
+// at the size the untrusted BPB claims (up to 2^32 sectors) and refuses the
+// volume when FAT1 and FAT2 differ in any bit or the FSInfo sector is bad,
+// so one flipped bit hides every file; FAT12/16 accept 512-byte sectors only;
+// and it wants a backend.Storage rather than an io.ReaderAt. The format is
+// small: a boot sector, FAT chains, 32-byte directory entries with VFAT long
+// names. We read only FAT1, through a bounded page cache.
 //
 // Timestamps: FAT stores local wall-clock time without a zone. ModTime returns
 // that wall clock as if it were UTC (10:00 on disk reads as 10:00Z), which is
@@ -152,7 +156,11 @@ func openFAT(r io.ReaderAt, size int64) (backend, error) {
 	default:
 		perFAT = f.fatLen / 4
 	}
-	cc := min(g.clusters, perFAT-2, 0x0FFFFFF5)
+	// Clusters past the end of the partition cannot hold data; capping
+	// here bounds chain walks and the loop-detection bitmap by the image
+	// size instead of by a forged BPB.
+	inImage := (size - f.dataOff) / f.clusterSize
+	cc := min(g.clusters, perFAT-2, 0x0FFFFFF5, inImage)
 	if cc < 1 {
 		return nil, fmt.Errorf("guest: fat: FAT has no room for clusters: %w", ErrCorrupt)
 	}
@@ -238,6 +246,20 @@ func (f *fatFS) fatByte(off int64) (byte, error) {
 }
 
 func (f *fatFS) fatUint(off int64, n int) (uint32, error) {
+	// Fast path: the whole entry lies in one cached page.
+	if off >= 0 && off+int64(n) <= f.fatLen {
+		pg := off / fatPageSize
+		f.mu.Lock()
+		p, ok := f.pages[pg]
+		f.mu.Unlock()
+		if i := off - pg*fatPageSize; ok && i+int64(n) <= int64(len(p)) {
+			var v uint32
+			for k := 0; k < n; k++ {
+				v |= uint32(p[i+int64(k)]) << (8 * k)
+			}
+			return v, nil
+		}
+	}
 	var v uint32
 	for i := 0; i < n; i++ {
 		b, err := f.fatByte(off + int64(i))
@@ -444,7 +466,7 @@ func (f *fatFS) parseDir(dir node, b []byte) []node {
 		if f.typ == "fat32" {
 			cl |= uint32(binary.LittleEndian.Uint16(e[20:])) << 16
 		}
-		n := node{ref: uint64(cl), aux: int64(i)}
+		n := node{ref: uint64(cl)}
 		n.info = FileInfo{
 			Name:    name,
 			Size:    int64(binary.LittleEndian.Uint32(e[28:])),

@@ -9,12 +9,21 @@
 //   - never loops without a bound (FAT chains and ext4 extent trees are walked
 //     with visit limits),
 //   - never hands out a name a caller could use for path traversal: names that
-//     are empty, "." or "..", or contain '/' or NUL are skipped, and a second
-//     entry with the same name in one directory is skipped too, so lookups are
-//     deterministic.
+//     are empty, "." or "..", longer than 1024 bytes, or contain '/' or NUL
+//     are skipped (not escaped: an escaped name could collide with a real
+//     one), and a second entry with the same name in one directory is
+//     skipped too, so lookups are deterministic;
+//   - refuses to walk through a directory that is its own ancestor (no
+//     supported filesystem has directory hard links), so fs.WalkDir over a
+//     damaged image terminates.
+//
+// Names are passed through as stored otherwise: ext4 names may be invalid
+// UTF-8, and names legal on Linux but not on Windows (':', '\', trailing
+// dots) are the mount layer's concern.
 //
 // Path semantics are io/fs semantics ("." is the root, "a/b", no leading
-// slash). Stat, ReadDir and Open never follow symlinks: Stat is lstat, and a
+// slash). NTFS and FAT lookups fall back to a case-insensitive match, as in
+// Windows; listings always show names as stored. Stat, ReadDir and Open never follow symlinks: Stat is lstat, and a
 // symlink in the middle of a path is not a directory (fs.ErrNotExist). The FUSE
 // mount resolves links itself through Readlink, exactly as a kernel does.
 package guest
@@ -46,16 +55,18 @@ const (
 	MaxDirEntries = 1 << 20
 	// MaxSymlinkTarget is the longest symlink target we return (PATH_MAX).
 	MaxSymlinkTarget = 4096
-	// MaxDepth caps the number of path components a lookup walks. It also
-	// bounds fs.WalkDir on images whose directories form a cycle.
+	// MaxDepth caps the number of path components a lookup walks.
 	MaxDepth = 256
 	// dirCacheEntries is the total number of directory entries kept in the
-	// listing cache. Recovery points are immutable, so caching never goes stale.
-	dirCacheEntries = 1 << 18
+	// listing cache (~25 MiB at most). Recovery points are immutable, so
+	// caching never goes stale. The most recent listing is kept even when
+	// it alone is larger (WinSxS has ~80k entries), so a FUSE lookup of
+	// every entry of a huge directory still costs one listing.
+	dirCacheEntries = 1 << 17
 )
 
-// FileInfo describes one file. Its fs.FileInfo methods are on *FileInfo's
-// value receiver, so a FileInfo can be passed wherever fs.FileInfo is wanted.
+// FileInfo describes one file. Use Info() where an fs.FileInfo is wanted (a
+// Name() method would clash with the Name field).
 type FileInfo struct {
 	Name    string      // base name; "." for the root
 	Size    int64       // bytes of the main data stream; symlinks: target length
@@ -126,14 +137,17 @@ func Detect(r io.ReaderAt, size int64) (string, error) {
 	if string(boot[3:11]) == "NTFS    " {
 		return "ntfs", nil
 	}
+	// FAT before ext4: mke2fs zeroes sector 0, so a valid FAT boot sector
+	// means FAT; but mkfs.fat on an old ext4 volume may leave the stale
+	// ext4 superblock in its reserved sectors.
+	if t, ok := detectFAT(boot[:]); ok {
+		return t, nil
+	}
 	if size >= 2048 {
 		var sb [2]byte
 		if _, err := r.ReadAt(sb[:], 1024+0x38); err == nil && sb[0] == 0x53 && sb[1] == 0xEF {
 			return "ext4", nil
 		}
-	}
-	if t, ok := detectFAT(boot[:]); ok {
-		return t, nil
 	}
 	return "", ErrUnknownFS
 }
@@ -169,7 +183,6 @@ func Open(r io.ReaderAt, size int64) (FS, error) {
 type node struct {
 	info FileInfo
 	ref  uint64
-	aux  int64 // backend-specific (FAT: directory entry position)
 }
 
 // backend is what each filesystem implements; tree adds paths, name
@@ -203,6 +216,29 @@ type dirListing struct {
 	ref     uint64
 	entries []node         // sorted by name
 	byName  map[string]int // exact name -> index
+
+	foldOnce sync.Once
+	byFold   map[string]int // lower-cased name -> index (NTFS, FAT)
+}
+
+// lookup finds name in l: exactly, or for case-insensitive filesystems
+// (NTFS, FAT: Windows hosts reach the mount with any case) ignoring case,
+// where the first entry in sort order wins among case variants.
+func (l *dirListing) lookup(name string, fold bool) (int, bool) {
+	if i, ok := l.byName[name]; ok || !fold {
+		return i, ok
+	}
+	l.foldOnce.Do(func() {
+		l.byFold = make(map[string]int, len(l.entries))
+		for i, e := range l.entries {
+			k := strings.ToLower(e.info.Name)
+			if _, dup := l.byFold[k]; !dup {
+				l.byFold[k] = i
+			}
+		}
+	})
+	i, ok := l.byFold[strings.ToLower(name)]
+	return i, ok
 }
 
 func newTree(b backend) *tree {
@@ -211,7 +247,14 @@ func newTree(b backend) *tree {
 
 func (t *tree) Type() string  { return t.b.kind() }
 func (t *tree) Label() string { return t.b.label() }
-func (t *tree) Close() error  { return t.b.close() }
+func (t *tree) Close() error {
+	t.mu.Lock()
+	clear(t.cache)
+	t.lru.Init()
+	t.total = 0
+	t.mu.Unlock()
+	return t.b.close()
+}
 
 func (t *tree) root() (node, error) {
 	t.once.Do(func() {
@@ -314,6 +357,7 @@ func (t *tree) resolve(op, name string) (node, error) {
 	if len(parts) > MaxDepth {
 		return node{}, &fs.PathError{Op: op, Path: name, Err: fmt.Errorf("guest: path deeper than %d: %w", MaxDepth, fs.ErrInvalid)}
 	}
+	refs := make([]uint64, 0, len(parts))
 	for i, p := range parts {
 		if !n.info.Mode.IsDir() {
 			return node{}, &fs.PathError{Op: op, Path: name, Err: fmt.Errorf("guest: %q is not a directory: %w", strings.Join(parts[:i], "/"), fs.ErrNotExist)}
@@ -322,11 +366,19 @@ func (t *tree) resolve(op, name string) (node, error) {
 		if err != nil {
 			return node{}, &fs.PathError{Op: op, Path: name, Err: err}
 		}
-		idx, ok := l.byName[p]
+		idx, ok := l.lookup(p, t.b.kind() != "ext4")
 		if !ok {
 			return node{}, &fs.PathError{Op: op, Path: name, Err: fs.ErrNotExist}
 		}
+		refs = append(refs, n.ref)
 		n = l.entries[idx]
+		// None of these filesystems allows directory hard links, so a
+		// directory that is its own ancestor is damage. Refusing to go
+		// through it keeps fs.WalkDir finite: two such entries per level
+		// would otherwise give 2^MaxDepth paths.
+		if n.info.Mode.IsDir() && slices.Contains(refs, n.ref) {
+			return node{}, &fs.PathError{Op: op, Path: name, Err: fmt.Errorf("guest: directory cycle at %q: %w", strings.Join(parts[:i+1], "/"), ErrCorrupt)}
+		}
 	}
 	return n, nil
 }

@@ -3,8 +3,10 @@ package guest
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -18,8 +20,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf16"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmvault/vmvault/internal/testenv"
 )
 
 type checkOpts struct {
@@ -120,6 +125,12 @@ func checkAgainstSource(t *testing.T, g FS, src map[string]srcEntry, o checkOpts
 		if a.Nlink != 3 || b.Nlink != 3 {
 			t.Errorf("hard links: Nlink %d %d, want 3", a.Nlink, b.Nlink)
 		}
+		target := got["links/target.txt"]
+		for p, fi := range got {
+			if strings.HasPrefix(p, "links/") && (fi.Ino != target.Ino || fi.Nlink != manyLinks) {
+				t.Errorf("%s: Ino %d Nlink %d, want %d and %d", p, fi.Ino, fi.Nlink, target.Ino, manyLinks)
+			}
+		}
 	}
 	return got
 }
@@ -135,7 +146,7 @@ func checkFls(t *testing.T, img string, got map[string]FileInfo, g FS, skip func
 			t.Errorf("fls lists %s (%s %s), we do not", p, e.kind, e.meta)
 			continue
 		}
-		if (e.kind == "d") != fi.IsDir() {
+		if (e.kind == "d") != fi.IsDir() && fi.Mode&fs.ModeSymlink == 0 {
 			t.Errorf("%s: fls kind %s, we dir=%v", p, e.kind, fi.IsDir())
 		}
 		if compareIno && strconv.FormatUint(fi.Ino, 10) != e.meta {
@@ -247,6 +258,7 @@ func openImage(t *testing.T, img, wantType, wantLabel string) FS {
 }
 
 func TestExt4(t *testing.T) {
+	testenv.NeedTools(t, "debugfs", "fls", "icat")
 	src := t.TempDir()
 	makeTree(t, src, treeOpts{symlinks: true, hardlinks: true, huge: true})
 	img := buildExt4(t, src)
@@ -270,16 +282,51 @@ func TestExt4(t *testing.T) {
 	checkPathErrors(t, g)
 }
 
+// TestExt2 covers block-mapped files (no extents): 1 KiB blocks make
+// big.bin use double-indirect blocks and sparse.bin indirect holes; 128-byte
+// inodes have no nanosecond times.
+func TestExt2(t *testing.T) {
+	testenv.NeedTools(t, "mke2fs")
+	for _, typ := range []string{"ext2", "ext3"} {
+		t.Run(typ, func(t *testing.T) {
+			src := t.TempDir()
+			makeTree(t, src, treeOpts{symlinks: true, hardlinks: true})
+			img := filepath.Join(t.TempDir(), typ+".img")
+			run(t, "mke2fs", "-F", "-q", "-t", typ, "-b", "1024", "-I", "128", "-L", "OLDVOL", "-d", src, img, "32M")
+			g := openImage(t, img, "ext4", "OLDVOL")
+			got := checkAgainstSource(t, g, scanSource(t, src), checkOpts{
+				extra:     func(p string) bool { return p == "lost+found" },
+				hardlinks: true,
+			})
+			checkFls(t, img, got, g, func(p string) bool { return strings.HasPrefix(p, "$OrphanFiles") }, true)
+			big, _ := os.ReadFile(filepath.Join(src, "big.bin"))
+			checkParallelReads(t, g, "big.bin", big)
+		})
+	}
+}
+
 func TestNTFS(t *testing.T) {
+	testenv.NeedTools(t, "istat", "fls", "icat")
 	src := t.TempDir()
-	makeTree(t, src, treeOpts{hardlinks: true, huge: true})
+	// cp -a into ntfs-3g turns the symlinks into Interix symlinks.
+	makeTree(t, src, treeOpts{hardlinks: true, huge: true, symlinks: true})
 	img := filepath.Join(t.TempDir(), "ntfs.img")
 	buildNTFS(t, src, 64, img)
-	addDOSName(t, img, "dir with spaces/Mixed Case Name.TXT", "MIXEDC~1.TXT")
+	comp := tweakNTFS(t, img)
 	g := openImage(t, img, "ntfs", "NTFSVOL")
 	s := scanSource(t, src)
+	s["dir with spaces/winlink"] = srcEntry{target: "../hello.txt"}
+	s["junction"] = srcEntry{target: "C:/Users"}
+	s["compressed"] = srcEntry{dir: true}
+	for name, b := range comp {
+		s["compressed/"+name] = srcEntry{size: int64(len(b)), sha: sha(b), mtime: s["hello.txt"].mtime}
+	}
 	got := checkAgainstSource(t, g, s, checkOpts{mtimeTol: time.Microsecond, hardlinks: true})
 	checkHuge(t, g)
+	// The DOS alias is not a second link.
+	if fi := got["dir with spaces/Mixed Case Name.TXT"]; fi.Nlink != 1 {
+		t.Errorf("file with a DOS alias: Nlink %d, want 1", fi.Nlink)
+	}
 	// sleuthkit lists metafiles ($MFT...), its virtual $OrphanFiles and
 	// named streams ("file:stream"); we hide all three.
 	checkFls(t, img, got, g, func(p string) bool {
@@ -287,20 +334,94 @@ func TestNTFS(t *testing.T) {
 	}, true)
 	big, _ := os.ReadFile(filepath.Join(src, "big.bin"))
 	checkParallelReads(t, g, "big.bin", big)
+	checkParallelReads(t, g, "compressed/text.txt", comp["text.txt"])
 	checkPathErrors(t, g)
+	// The oracle agrees the files are stored the way we meant to test.
+	if out := run(t, "istat", img, strconv.FormatUint(got["sparse.bin"].Ino, 10)); !strings.Contains(out, "Sparse") {
+		t.Errorf("sparse.bin is not sparse on NTFS:\n%.400s", out)
+	}
+	if out := run(t, "istat", img, strconv.FormatUint(got["links/target.txt"].Ino, 10)); !strings.Contains(out, "$ATTRIBUTE_LIST") {
+		t.Errorf("links/target.txt has no $ATTRIBUTE_LIST:\n%.600s", out)
+	}
+	if out := run(t, "istat", img, strconv.FormatUint(got["compressed/text.txt"].Ino, 10)); !strings.Contains(out, "Compressed") {
+		t.Errorf("compressed/text.txt is not compressed:\n%.400s", out)
+	}
 }
 
-// addDOSName gives an existing file an extra DOS 8.3 name through ntfs-3g,
-// so the listing must choose the long name and not show both.
-func addDOSName(t *testing.T, img, path, dos string) {
+// tweakNTFS adds what cp cannot make, through ntfs-3g's extended attributes:
+// a DOS 8.3 name next to a long name (the listing must show the file once,
+// by its long name), a Windows symlink and a junction (reparse points).
+// It also writes LZNT1-compressed files (directory with the compressed
+// attribute, mounted with -o compression) and returns their contents.
+func tweakNTFS(t *testing.T, img string) map[string][]byte {
 	t.Helper()
 	mnt := t.TempDir()
-	run(t, "ntfs-3g", img, mnt)
+	run(t, "ntfs-3g", "-o", "compression", img, mnt)
 	defer exec.Command("umount", mnt).Run()
-	must(t, unix.Setxattr(filepath.Join(mnt, path), "system.ntfs_dos_name", []byte(dos), 0))
-	out := run(t, "fls", "-p", "-o", "0", img) // sanity: fls still reads it
-	_ = out
+	must(t, unix.Setxattr(filepath.Join(mnt, "dir with spaces/Mixed Case Name.TXT"), "system.ntfs_dos_name", []byte("MIXEDC~1.TXT"), 0))
+
+	wl := filepath.Join(mnt, "dir with spaces", "winlink")
+	must(t, os.WriteFile(wl, nil, 0o644))
+	must(t, unix.Setxattr(wl, "system.ntfs_reparse_data", reparseBuffer(0xA000000C, `..\hello.txt`, `..\hello.txt`, 1), 0))
+	jn := filepath.Join(mnt, "junction")
+	must(t, os.Mkdir(jn, 0o755))
+	must(t, unix.Setxattr(jn, "system.ntfs_reparse_data", reparseBuffer(0xA0000003, `\??\C:\Users`, `C:\Users`, 0), 0))
+
+	cd := filepath.Join(mnt, "compressed")
+	must(t, os.Mkdir(cd, 0o755))
+	attr := make([]byte, 4)
+	_, err := unix.Getxattr(cd, "system.ntfs_attrib", attr)
+	must(t, err)
+	binary.LittleEndian.PutUint32(attr, binary.LittleEndian.Uint32(attr)|0x800) // FILE_ATTRIBUTE_COMPRESSED
+	must(t, unix.Setxattr(cd, "system.ntfs_attrib", attr, 0))
+	var text bytes.Buffer
+	for i := 0; text.Len() < 1<<20; i++ {
+		fmt.Fprintf(&text, "line %d of a compressible file\n", i)
+	}
+	mixed := append(make([]byte, 200_000), text.Bytes()[:70_000]...) // zero units and data units
+	rnd := rand.New(rand.NewPCG(7, 7))
+	noise := make([]byte, 300_000)
+	for i := range noise {
+		noise[i] = byte(rnd.Uint32())
+	}
+	files := map[string][]byte{"text.txt": text.Bytes(), "mixed.bin": mixed, "noise.bin": noise}
+	for name, b := range files {
+		must(t, os.WriteFile(filepath.Join(cd, name), b, 0o644))
+		setTime(t, filepath.Join(cd, name))
+	}
+	setTime(t, cd)
 	must(t, exec.Command("umount", mnt).Run())
+	return files
+}
+
+// reparseBuffer builds a REPARSE_DATA_BUFFER for a symlink (with flags) or
+// a junction (without), names NUL-terminated as Windows writes them.
+func reparseBuffer(tag uint32, sub, print string, flags uint32) []byte {
+	enc := func(s string) []byte {
+		var b []byte
+		for _, u := range utf16.Encode([]rune(s)) {
+			b = binary.LittleEndian.AppendUint16(b, u)
+		}
+		return b
+	}
+	sb, pb := enc(sub), enc(print)
+	var body []byte
+	body = binary.LittleEndian.AppendUint16(body, 0)
+	body = binary.LittleEndian.AppendUint16(body, uint16(len(sb)))
+	body = binary.LittleEndian.AppendUint16(body, uint16(len(sb)+2))
+	body = binary.LittleEndian.AppendUint16(body, uint16(len(pb)))
+	if tag == 0xA000000C {
+		body = binary.LittleEndian.AppendUint32(body, flags)
+	}
+	body = append(body, sb...)
+	body = append(body, 0, 0)
+	body = append(body, pb...)
+	body = append(body, 0, 0)
+	var b []byte
+	b = binary.LittleEndian.AppendUint32(b, tag)
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(body)))
+	b = binary.LittleEndian.AppendUint16(b, 0)
+	return append(b, body...)
 }
 
 func TestFAT(t *testing.T) {
@@ -325,6 +446,16 @@ func TestFAT(t *testing.T) {
 			b, _ := os.ReadFile(filepath.Join(src, want))
 			checkParallelReads(t, g, name, b)
 			checkPathErrors(t, g)
+			if bits == 32 {
+				// A stale ext4 magic in FAT32's reserved sectors (mkfs.fat
+				// over an old ext4 volume) must not win.
+				data, err := os.ReadFile(img)
+				must(t, err)
+				data[1024+0x38], data[1024+0x39] = 0x53, 0xEF
+				if typ, err := Detect(bytes.NewReader(data), int64(len(data))); typ != "fat32" {
+					t.Errorf("Detect with stale ext4 magic = %q, %v", typ, err)
+				}
+			}
 			// 8.3-only name: SHORT.TXT has no LFN entry.
 			if _, err := g.Stat("SHORT.TXT"); err != nil {
 				t.Errorf("8.3 name: %v", err)
@@ -346,6 +477,15 @@ func checkPathErrors(t *testing.T, g FS) {
 		if !errors.Is(err, fs.ErrNotExist) || !errors.As(err, &pe) {
 			t.Errorf("Stat(%q) = %v, want *fs.PathError with fs.ErrNotExist", p, err)
 		}
+	}
+	// NTFS and FAT find names in any case, as Windows does; ext4 does not.
+	fi, err := g.Stat("DIR WITH SPACES/mixed case name.txt")
+	if g.Type() == "ext4" {
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("ext4 case-insensitive Stat = %v, want fs.ErrNotExist", err)
+		}
+	} else if err != nil || fi.Name != "Mixed Case Name.TXT" {
+		t.Errorf("case-insensitive Stat = %q, %v", fi.Name, err)
 	}
 	if _, err := g.Open("many"); err == nil {
 		t.Errorf("Open(dir) succeeded")

@@ -30,6 +30,7 @@ type treeOpts struct {
 }
 
 const (
+	manyLinks  = 24
 	hugeSize   = 3<<30 + 5
 	hugeMarker = 2560 << 20
 )
@@ -107,6 +108,12 @@ func makeTree(t testing.TB, dir string, o treeOpts) {
 		os.MkdirAll(filepath.Join(dir, "sub"), 0o755)
 		must(t, os.Link(filepath.Join(dir, "hard_a.txt"), filepath.Join(dir, "sub", "hard_b.txt")))
 		must(t, os.Link(filepath.Join(dir, "hard_a.txt"), filepath.Join(dir, "hard_c.txt")))
+		// 24 names overflow one 1 KiB NTFS MFT record: the $FILE_NAMEs
+		// move to extension records behind an $ATTRIBUTE_LIST.
+		write("links/target.txt", []byte("many names\n"))
+		for i := 0; i < manyLinks-1; i++ {
+			must(t, os.Link(filepath.Join(dir, "links/target.txt"), filepath.Join(dir, fmt.Sprintf("links/name with some length %02d.txt", i))))
+		}
 	}
 	if o.symlinks {
 		must(t, os.Symlink("hello.txt", filepath.Join(dir, "link_rel")))
@@ -209,10 +216,12 @@ func imageFile(t testing.TB, path string) (*os.File, int64) {
 
 // --- image builders (VHDX-NOTES 6.2) ---
 
-func buildExt4(t testing.TB, src string) string {
+func buildExt4(t testing.TB, src string) string { return buildExt4Size(t, src, "64M") }
+
+func buildExt4Size(t testing.TB, src, size string) string {
 	testenv.NeedTools(t, "mkfs.ext4", "e2fsck")
 	img := filepath.Join(t.TempDir(), "ext4.img")
-	run(t, "mkfs.ext4", "-F", "-q", "-L", "LINUXVOL", "-d", src, img, "64M")
+	run(t, "mkfs.ext4", "-F", "-q", "-L", "LINUXVOL", "-d", src, img, size)
 	// -D rebuilds and indexes directories, so "many/" becomes an HTree.
 	cmd := exec.Command("e2fsck", "-fyD", img)
 	cmd.Run() // exit status 1 means "fixed/optimised", which is the point
@@ -276,7 +285,7 @@ type flsEntry struct {
 
 func flsList(t testing.TB, img string, skip func(string) bool) map[string]flsEntry {
 	t.Helper()
-	testenv.NeedTools(t, "fls")
+	testenv.NeedTools(t, "fls", "icat")
 	out := run(t, "fls", "-r", "-p", img)
 	m := map[string]flsEntry{}
 	sc := bufio.NewScanner(strings.NewReader(out))

@@ -92,7 +92,7 @@ type ioDir struct {
 func (d *ioDir) Stat() (fs.FileInfo, error) { return d.info.Info(), nil }
 func (d *ioDir) Close() error               { return nil }
 func (d *ioDir) Read([]byte) (int, error) {
-	return 0, &fs.PathError{Op: "read", Path: d.name, Err: errors.New("is a directory")}
+	return 0, &fs.PathError{Op: "read", Path: d.name, Err: errors.New("guest: is a directory")}
 }
 
 func (d *ioDir) ReadDir(n int) ([]fs.DirEntry, error) {

@@ -3,12 +3,14 @@ package guest
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -232,6 +234,46 @@ func TestHostileFAT(t *testing.T) {
 			return err // partial listing, no error: the readable cluster
 		})
 	})
+	t.Run("directory cycle", func(t *testing.T) {
+		d := bytes.Clone(data)
+		// Give "sub" an entry for itself (a copy of its own dirent) and
+		// one for the root (cluster 0): a naive walk would never end.
+		rootOff := reserved + 2*int64(binary.LittleEndian.Uint16(data[22:]))*512
+		var subEnt []byte
+		for i := int64(0); i < 16; i++ {
+			e := d[rootOff+i*32 : rootOff+i*32+32]
+			if string(e[0:8]) == "SUB     " {
+				subEnt = bytes.Clone(e)
+			}
+		}
+		spc := int64(d[13])
+		rootSecs := (int64(binary.LittleEndian.Uint16(d[17:]))*32 + 511) / 512
+		dataOff := rootOff + rootSecs*512
+		subOff := dataOff + (int64(sub.Ino)-2)*spc*512
+		self := bytes.Clone(subEnt)
+		copy(self[0:11], "SELF       ")
+		up := bytes.Clone(subEnt)
+		copy(up[0:11], "UP         ")
+		binary.LittleEndian.PutUint16(up[26:], 0)
+		copy(d[subOff+64:], self) // after "." and ".."
+		copy(d[subOff+96:], up)
+		g, err := Open(bytes.NewReader(d), int64(len(d)))
+		must(t, err)
+		runWithTimeout(t, "walk cyclic tree", 20*time.Second, func() error {
+			n := 0
+			fs.WalkDir(IOFS(g), ".", func(p string, de fs.DirEntry, err error) error {
+				n++
+				return nil
+			})
+			if n > 100 {
+				return fmt.Errorf("walk visited %d entries", n)
+			}
+			if _, err := g.ReadDir("sub/self"); !errors.Is(err, ErrCorrupt) {
+				return fmt.Errorf("ReadDir(sub/self) = %v, want ErrCorrupt", err)
+			}
+			return nil
+		})
+	})
 	t.Run("hostile names", func(t *testing.T) {
 		d := bytes.Clone(data)
 		// Rename the root's short entries for a.txt to "..", "." and "a/b"
@@ -314,13 +356,27 @@ func encodeFuzz(img []byte, limit int) []byte {
 	return out
 }
 
+// fuzzSlow is how long one fuzz input may take (a small budget walk of an
+// image of at most 4 MiB normally takes well under 10 ms).
+const fuzzSlow = 3 * time.Second
+
 func FuzzOpen(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte("\xeb\x3c\x90NTFS    "))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		img := decodeFuzz(data)
-		if err := exercise(bytes.NewReader(img), int64(len(img)), 200, 256<<10); err != nil {
-			t.Fatal(err)
+		done := make(chan error, 1)
+		go func() { done <- exercise(bytes.NewReader(img), int64(len(img)), 200, 256<<10) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(fuzzSlow):
+			// A slow input is a bug too (a mount would hang on it);
+			// fail with every stack so the loop shows.
+			buf := make([]byte, 1<<20)
+			t.Fatalf("input took over %v:\n%s", fuzzSlow, buf[:runtime.Stack(buf, true)])
 		}
 	})
 }
@@ -386,7 +442,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	os.Mkdir(filepath.Join(ntfsSrc, "d"), 0o755)
 	nimg := filepath.Join(t.TempDir(), "tiny.ntfs")
 	buildNTFS(t, ntfsSrc, 4, nimg) // go-ntfs rejects volumes under 4096 sectors
-	seed("ntfs", nimg, 4<<20) // whole volume: the root index and $Bitmap lie beyond the $MFT
+	seed("ntfs", nimg, 4<<20)      // whole volume: the root index and $Bitmap lie beyond the $MFT
 	fat32src := t.TempDir()
 	os.WriteFile(filepath.Join(fat32src, "x.txt"), []byte("x"), 0o644)
 	seed("fat32", buildFAT(t, fat32src, 32), 2<<20) // root cluster follows 1 MiB of FATs

@@ -93,6 +93,13 @@ func checkManifestVolume(t *testing.T, r io.ReaderAt, size int64, want testdisks
 			f.Close()
 		}
 	}
+	if inManifest[testdisks.ADSFile] && inManifest["hardlink-to-ads.txt"] {
+		a, _ := g.Stat(testdisks.ADSFile)
+		b, _ := g.Stat("hardlink-to-ads.txt")
+		if a.Ino != b.Ino || a.Nlink != 2 {
+			t.Errorf("hard link: Ino %d/%d Nlink %d, want one file with 2 links", a.Ino, b.Ino, a.Nlink)
+		}
+	}
 	err = fs.WalkDir(IOFS(g), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			t.Errorf("walk %s: %v", p, err)
