@@ -175,7 +175,7 @@ func Open(r io.ReaderAt, size int64) (FS, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newTree(b), nil
+	return withExtents(newTree(b)), nil
 }
 
 // node is a filesystem object as a backend sees it: the public FileInfo plus

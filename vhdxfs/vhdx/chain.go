@@ -108,12 +108,12 @@ func OpenFile(f io.ReaderAt, size int64, name string, opts Options) (*Disk, erro
 			return nil, err
 		}
 		d.closers = append(d.closers, c)
-		if k := rdCanon(path); seen[k] {
+		k := rdCanon(path)
+		if seen[k] {
 			d.Close()
 			return nil, fmt.Errorf("vhdx: open %s: differencing chain loops back to %s: %w", filepath.Base(name), path, vdisk.ErrCorrupt)
-		} else {
-			seen[k] = true
 		}
+		seen[k] = true
 		r, sz, nm = pr, psz, path
 	}
 	top := d.layers[0]

@@ -28,7 +28,9 @@ func rdtGunzip(t testing.TB, name string) string {
 	src := filepath.Join(rdtSamples, name+".gz")
 	f, err := os.Open(src)
 	if err != nil {
-		testenv.Skip(t, "Hyper-V sample missing: "+src)
+		// The samples live outside the repository (README: skip when absent),
+		// so this is a plain skip even under VMVAULT_REQUIRE_TOOLS=1.
+		t.Skip("Hyper-V sample missing: " + src)
 	}
 	defer f.Close()
 	zr, err := gzip.NewReader(f)
