@@ -156,6 +156,11 @@ func decodeRunList(b []byte, maxRuns int) ([]dataRun, error) {
 const ntfsMetaRecords = 16
 
 func (n *ntfsFS) extents(nd node) ([]Extent, error) {
+	// A damaged index entry may name a metafile ("pagefile.sys" -> record
+	// 0); its clusters are the filesystem itself, never a user file's.
+	if nd.ref < ntfsFirstUser {
+		return nil, fmt.Errorf("guest: ntfs: record %d is a reserved metafile record: %w", nd.ref, ErrCorrupt)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	runs, err := n.clusterRuns(nd.ref)
@@ -178,7 +183,7 @@ func (n *ntfsFS) extents(nd node) ([]Extent, error) {
 		}
 	}
 	for ref := uint64(0); ref < ntfsMetaRecords; ref++ {
-		if ref == nd.ref || !n.inUse(ref) {
+		if !n.inUse(ref) {
 			continue // a free reserved record's stale runs are not a metafile
 		}
 		meta, err := n.clusterRuns(ref)
@@ -207,8 +212,8 @@ func (n *ntfsFS) extents(nd node) ([]Extent, error) {
 // attribute of MFT record ref in file order, after checking that the
 // attribute's segments chain up VCN by VCN, that the runs add up to the
 // segment sizes and to the allocated size, and that every run lies inside
-// the volume. Resident data and a
-// record without $DATA give no runs. The caller holds n.mu.
+// the volume. Resident data and a record without $DATA give no runs. The
+// caller holds n.mu.
 func (n *ntfsFS) clusterRuns(ref uint64) ([]dataRun, error) {
 	m, err := n.ctx.GetMFT(int64(ref))
 	if err != nil {
