@@ -1,0 +1,8 @@
+// Package bench will hold the throughput-tuning harness behind `vmvault
+// bench`: a synthetic VM fleet built with real tools, stage timings (full,
+// incremental, express full, restore, mount reads, item-level copy, check),
+// knob sweeps and side-by-side runs of restic and borg on the same images.
+//
+// Until it exists, performance is measured with the `go test -bench`
+// benchmarks of each package (make bench).
+package bench
