@@ -1,0 +1,150 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmvault/vmvault/mount"
+	"github.com/vmvault/vmvault/mount/fusemount"
+)
+
+func init() { commands = append(commands, newMountCmd) }
+
+func newMountCmd() *cobra.Command {
+	var (
+		rf         repoFlags
+		allowOther bool
+		debug      bool
+		cacheSize  string
+	)
+	cmd := &cobra.Command{
+		Use:   "mount --repo DIR MOUNTPOINT",
+		Short: "Mount the repository read-only: every recovery point as browsable files",
+		Long: `Mounts the whole repository read-only at MOUNTPOINT (an existing empty
+directory; on Windows a drive letter like X: or a path that does not exist
+yet) and serves it in the foreground until Ctrl-C or SIGTERM, which unmount
+it cleanly. The tree:
+
+  <vm>/latest                          symlink to the newest recovery point
+  <vm>/<rp-id>/vm.json                 what was backed up, when, from where
+  <vm>/<rp-id>/config/...              the VM's configuration files
+  <vm>/<rp-id>/disks/<disk>.vhdx       a valid dynamic VHDX (attach it read-only)
+  <vm>/<rp-id>/disks/<disk>.raw        the flat disk image
+  <vm>/<rp-id>/volumes/<disk>-p<N>/... the guest files of partition N (p0: no
+                                       partition table); volume.img when
+                                       vmvault does not read the filesystem
+
+Item-level recovery is a plain copy (cp -a keeps mtimes and symlinks). Nothing
+is read until it is looked at; new recovery points appear without a remount.
+A damaged chunk makes only the reads of its range fail (EIO, logged with the
+chunk ID); everything else keeps working. The same tree without FUSE:
+vmvault files.`,
+		Example: `  vmvault mount --repo /srv/vmvault /mnt/vmvault
+  cp -a /mnt/vmvault/web01/latest/volumes/disk0-p2/Users/alice/Documents ./recovered
+  vmvault mount --repo /srv/vmvault --allow-other --cache-size 1G /mnt/vmvault`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			size, err := parseCacheSize(cacheSize)
+			if err != nil {
+				return err
+			}
+			// A bad mount point fails before the (slow, password-checking)
+			// repository open.
+			if _, err := mount.CheckMountpoint(args[0]); err != nil {
+				return err
+			}
+			repo, err := rf.open()
+			if err != nil {
+				return err
+			}
+			defer repo.Close()
+			logger := log.New(cmd.ErrOrStderr(), "", log.LstdFlags)
+			tree := mount.New(mount.EngineSource{Repo: repo}, mount.Options{CacheSize: size, Logf: logger.Printf})
+			srv, err := fusemount.Mount(tree, args[0], fusemount.Options{AllowOther: allowOther, Debug: debug})
+			if err != nil {
+				tree.Close()
+				return err
+			}
+			return serveMount(cmd, srv, tree, rf.repo)
+		},
+	}
+	rf.register(cmd)
+	cmd.Flags().BoolVar(&allowOther, "allow-other", false, "let other users see the mount (their access is checked against the guest permissions)")
+	cmd.Flags().StringVar(&cacheSize, "cache-size", "256M", "memory for decoded disk data shared by all open files (e.g. 512M, 2G)")
+	cmd.Flags().BoolVar(&debug, "debug", false, "log every FUSE request")
+	cmd.Flags().MarkHidden("debug")
+	return cmd
+}
+
+// serveMount waits for SIGINT/SIGTERM (or an external unmount), unmounts
+// and closes the tree. With files still open the mount is detached lazily
+// and the server runs until they are closed; a second signal quits at once.
+func serveMount(cmd *cobra.Command, srv fusemount.Server, tree *mount.Tree, repoDir string) error {
+	errw := cmd.ErrOrStderr()
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	stopped := make(chan struct{})
+	go func() { srv.Wait(); close(stopped) }()
+	fmt.Fprintf(errw, "serving %s read-only at %s (%s); Ctrl-C unmounts\n", repoDir, srv.Dir(), fusemount.Adapter)
+	select {
+	case <-stopped:
+		fmt.Fprintf(errw, "%s was unmounted\n", srv.Dir())
+	case <-sig:
+		if err := srv.Unmount(); err != nil {
+			tree.Close()
+			return err
+		}
+		select {
+		case <-stopped:
+		default:
+			fmt.Fprintf(errw, "%s detached; waiting for open files to be closed (Ctrl-C again to quit now)\n", srv.Dir())
+			select {
+			case <-stopped:
+			case <-sig:
+				return errors.New("mount: quit with files still open")
+			}
+		}
+	}
+	return tree.Close()
+}
+
+// parseCacheSize reads 1073741824, 512K, 256M, 2G, 1T (powers of 1024; an
+// optional B or iB suffix is accepted).
+func parseCacheSize(s string) (int64, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	mult := int64(1)
+	if t != "" {
+		switch t[len(t)-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			t = t[:len(t)-1]
+		}
+	}
+	n, err := strconv.ParseFloat(strings.TrimSpace(t), 64)
+	if err != nil || n < 0 || n*float64(mult) > 1<<50 {
+		return 0, fmt.Errorf("--cache-size %q: want a size like 256M or 2G", s)
+	}
+	v := int64(n * float64(mult))
+	if v < 4<<20 {
+		return 0, fmt.Errorf("--cache-size %q: at least 4M", s)
+	}
+	return v, nil
+}

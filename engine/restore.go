@@ -1,0 +1,315 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+
+	"github.com/vmvault/vmvault/vhdxfs/vhdx"
+)
+
+// RestoreOriginal as RestoreOptions.To restores over the VM's original
+// files (paths recorded in the manifest).
+const RestoreOriginal = "original"
+
+// RestoreOptions describe one restore.
+type RestoreOptions struct {
+	VM string // name or GUID
+	RP string // recovery point ID or "latest"
+	// To is a directory (created if missing) or RestoreOriginal.
+	To string
+	// Format of restored disks in a directory: "vhdx" (default) or "raw".
+	// Restores to the original location keep each disk's source format.
+	Format string
+	// Disks, when not empty, restores only these disks (by name) and no
+	// configuration files: single-disk recovery.
+	Disks []string
+	// Force overwrites existing files in a target directory, and restores
+	// over original files even when they look in use.
+	Force bool
+	// Progress is called with the bytes of disk data written so far and
+	// the total (stored data of all disks).
+	Progress func(done, total int64)
+	// Limit, if set, is called for every n bytes of disk data restored and
+	// may block to hold a bandwidth budget (throttle.Limiter.WaitN fits).
+	Limit func(ctx context.Context, n int) error
+	Logf  func(format string, args ...any)
+}
+
+// RestoreResult lists what a restore wrote.
+type RestoreResult struct {
+	Manifest     *Manifest
+	Files        []string
+	BytesWritten int64
+}
+
+// restoreItem is one file of a restore: written to tmp, then renamed to
+// final once every item is written.
+type restoreItem struct {
+	final string
+	tmp   string
+	write func(ctx context.Context, tmp string) error
+}
+
+// Restore writes the disks and configuration files of a recovery point.
+// It is all or nothing at the level of files: every file is first
+// written completely under a temporary name beside its target and fsynced;
+// only when all are written are they renamed over the targets. A failure
+// (a full disk, a read error) removes the temporary files and leaves every
+// target untouched. (A crash in the short rename phase can leave some
+// files renamed and others as ".vmvault-restore-*" temporaries.)
+func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResult, err error) {
+	job := r.startJob("restore", o.VM)
+	defer func() {
+		if res != nil {
+			job.BytesWritten = res.BytesWritten
+		}
+		r.finishJob(job, err)
+	}()
+	p, err := r.ResolveRP(o.VM, o.RP)
+	if err != nil {
+		return nil, err
+	}
+	job.RP, job.VMGUID = p.ID, p.VMGUID
+	m, err := r.loadManifest(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	format := o.Format
+	if format == "" {
+		format = "vhdx"
+	}
+	if format != "vhdx" && format != "raw" {
+		return nil, fmt.Errorf("engine: restore: format %q (want vhdx or raw)", format)
+	}
+	original := o.To == RestoreOriginal
+	if o.To == "" {
+		return nil, errors.New("engine: restore: no target (--to DIR or original)")
+	}
+	if len(o.Disks) > 0 {
+		var sel []DiskManifest
+		for _, name := range o.Disks {
+			d, err := m.Disk(name)
+			if err != nil {
+				return nil, err
+			}
+			sel = append(sel, *d)
+		}
+		// A copy: the caller's manifest (maybe cached) stays whole.
+		mc := *m
+		mc.Disks, mc.Config = sel, nil
+		m = &mc
+	}
+	var total int64
+	for _, d := range m.Disks {
+		total += d.BytesData
+	}
+	var done atomic.Int64
+	progress := func(ctx context.Context, n int64) error {
+		v := done.Add(n)
+		if o.Progress != nil {
+			o.Progress(v, total)
+		}
+		if o.Limit != nil && n > 0 {
+			return o.Limit(ctx, int(n))
+		}
+		return nil
+	}
+
+	var items []restoreItem
+	for i := range m.Disks {
+		d := &m.Disks[i]
+		var final, f string
+		if original {
+			final = d.Source
+			f = d.Identity.Format
+			if f != "vhdx" {
+				f = "raw"
+			}
+		} else {
+			f = format
+			final = filepath.Join(o.To, filepath.FromSlash(d.RelDir), d.Name+"."+f)
+		}
+		dr := newDiskReader(r.store, d)
+		if f == "vhdx" {
+			items = append(items, restoreItem{final: final, write: func(ctx context.Context, tmp string) error {
+				return vhdx.WriteFile(ctx, tmp, dr.Identity(), &countingReader{ctx: ctx, r: dr, add: progress}, dr.Allocated(), vhdx.SynthOptions{})
+			}})
+		} else {
+			items = append(items, restoreItem{final: final, write: func(ctx context.Context, tmp string) error {
+				return writeRawFile(ctx, tmp, dr, progress)
+			}})
+		}
+	}
+	for _, cf := range m.Config {
+		var final string
+		if original {
+			final = cf.Source
+		} else {
+			rel := filepath.FromSlash(cf.Name)
+			if !filepath.IsLocal(rel) {
+				return nil, fmt.Errorf("engine: restore: config file name %q escapes the target: %w", cf.Name, ErrCorrupt)
+			}
+			final = filepath.Join(o.To, rel)
+		}
+		fr := newFileReader(r.store, cf.Chunks)
+		items = append(items, restoreItem{final: final, write: func(ctx context.Context, tmp string) error {
+			return writeStreamFile(ctx, tmp, fr)
+		}})
+	}
+
+	// Pre-flight: targets free (original) or absent (directory).
+	for _, it := range items {
+		if original {
+			if !o.Force {
+				if err := checkNotInUse(it.final); err != nil {
+					return nil, fmt.Errorf("engine: restore: %w (use --force to override)", err)
+				}
+			}
+			continue
+		}
+		if _, err := os.Lstat(it.final); err == nil && !o.Force {
+			return nil, fmt.Errorf("engine: restore: %s exists (use --force to overwrite)", it.final)
+		}
+	}
+	dirs := map[string]bool{}
+	for i := range items {
+		dir := filepath.Dir(items[i].final)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("engine: restore: %w", err)
+		}
+		dirs[dir] = true
+		items[i].tmp = filepath.Join(dir, "."+filepath.Base(items[i].final)+".vmvault-restore-"+randHex(4))
+	}
+	cleanup := func() {
+		for _, it := range items {
+			os.Remove(it.tmp)
+		}
+	}
+	for _, it := range items {
+		if err := it.write(ctx, it.tmp); err != nil {
+			cleanup()
+			return nil, fmt.Errorf("engine: restore: %s: %w", it.final, err)
+		}
+		if o.Logf != nil {
+			o.Logf("wrote %s", it.final)
+		}
+	}
+	res = &RestoreResult{Manifest: m}
+	for _, it := range items {
+		if err := os.Rename(it.tmp, it.final); err != nil {
+			cleanup()
+			return nil, fmt.Errorf("engine: restore: %w", err)
+		}
+		res.Files = append(res.Files, it.final)
+	}
+	for d := range dirs {
+		if err := syncDir(d); err != nil {
+			return nil, fmt.Errorf("engine: restore: sync %s: %w", d, err)
+		}
+	}
+	res.BytesWritten = done.Load()
+	return res, nil
+}
+
+// countingReader reports the non-zero bytes read through it (the restore
+// progress: zeros between extents cost nothing and are not counted).
+type countingReader struct {
+	ctx context.Context
+	r   *DiskReader
+	add func(context.Context, int64) error
+}
+
+func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	if aerr := c.add(c.ctx, storedIn(c.r.ext, off, int64(n))); aerr != nil && (err == nil || err == io.EOF) {
+		return n, aerr
+	}
+	return n, err
+}
+
+// storedIn counts the bytes of [off, off+n) covered by extents.
+func storedIn(ext []Extent, off, n int64) int64 {
+	var s int64
+	for _, e := range ext {
+		if e.End() <= off {
+			continue
+		}
+		if e.Off >= off+n {
+			break
+		}
+		s += min(e.End(), off+n) - max(e.Off, off)
+	}
+	return s
+}
+
+// writeRawFile writes a disk as a sparse flat image: only stored extents
+// are written (in up to 8 MiB pieces, zero 64 KiB blocks skipped), the size
+// is set by truncate, then fsync. The caller renames it into place.
+func writeRawFile(ctx context.Context, path string, d *DiskReader, progress func(context.Context, int64) error) (err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	buf := make([]byte, 8<<20)
+	for _, e := range d.Allocated() {
+		for off := e.Off; off < e.End(); {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n := min(int64(len(buf)), e.End()-off)
+			b := buf[:n]
+			if _, err := d.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+				return err
+			}
+			if !isZero(b) {
+				if _, err := f.WriteAt(b, off); err != nil {
+					return err
+				}
+			}
+			if err := progress(ctx, n); err != nil {
+				return err
+			}
+			off += n
+		}
+	}
+	if err := f.Truncate(d.Size()); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// writeStreamFile writes a configuration file and fsyncs it.
+func writeStreamFile(ctx context.Context, path string, fr *FileReader) (err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	if _, err := io.Copy(f, io.NewSectionReader(fr, 0, fr.Size())); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return f.Sync()
+}
