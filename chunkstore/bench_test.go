@@ -1,0 +1,399 @@
+//go:build linux
+
+package chunkstore
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Benchmarks. Run one at a time on a quiet machine, e.g.
+//
+//	go test ./chunkstore -run '^$' -bench BenchmarkIngest$ -benchtime 3x
+//
+// Sizes: VMVAULT_BENCH_MB (default 256) of OS-like data from /usr.
+
+func benchMB() int {
+	if v, err := strconv.Atoi(os.Getenv("VMVAULT_BENCH_MB")); err == nil && v > 0 {
+		return v
+	}
+	return 256
+}
+
+// benchRepo creates a K=8, M=2 repository over 10 pool directories with the
+// default chunking, zstd fastest, optionally encrypted.
+func benchRepo(b *testing.B, enc bool) (string, []byte) {
+	o := InitOptions{DataShards: 8, ParityShards: 2}
+	var pw []byte
+	if enc {
+		pw = []byte("bench")
+		o.Password = pw
+	}
+	return newRepo(b, 10, o), pw
+}
+
+// vmHWM returns the process's peak RSS in bytes; resetPeak resets it
+// (Linux: writing 5 to clear_refs).
+func vmHWM() int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// cpuTime is the process's user+system CPU time. Benchmarks report
+// MB per CPU-second besides wall-clock MB/s because the shared 2-core
+// machine they run on is often busy with other work.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU reports throughput per CPU-second of the process.
+func reportCPU(b *testing.B, cpu time.Duration, bytes int64) {
+	if cpu > 0 {
+		b.ReportMetric(float64(bytes)/cpu.Seconds()/1e6, "MB/cpu-s")
+	}
+}
+
+func resetPeak() { os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// BenchmarkIngest: OS-like data, zstd fastest, RS 8+2, 10 pools; new
+// repository each iteration (everything is new data).
+func BenchmarkIngest(b *testing.B) {
+	for _, c := range []struct {
+		enc     bool
+		streams int
+	}{{false, 1}, {false, 2}, {true, 2}} {
+		enc, streams := c.enc, c.streams
+		name := "plain"
+		if enc {
+			name = "encrypted"
+		}
+		b.Run(fmt.Sprintf("%s-streams%d", name, streams), func(b *testing.B) {
+			data := osLike(b, benchMB()<<20)
+			b.SetBytes(int64(len(data)))
+			var st Stats
+			var cpu time.Duration
+			for b.Loop() {
+				b.StopTimer()
+				dir, pw := benchRepo(b, enc)
+				s := openT(b, dir, OpenOptions{Password: pw})
+				runtime.GC()
+				b.StartTimer()
+				c0 := cpuTime()
+				st = ingestStreams(b, s, data, streams)
+				if err := s.Flush(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				cpu += cpuTime() - c0
+				stored := shardBytes(b, dir)
+				b.ReportMetric(float64(stored)/float64(len(data)), "shardbytes/in")
+				b.ReportMetric(float64(st.StoredBytes)/float64(len(data)), "stored/in")
+				s.Close()
+				os.RemoveAll(dir)
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(st.Chunks), "chunks")
+			reportCPU(b, cpu, int64(len(data))*int64(b.N))
+		})
+	}
+}
+
+// ingestStreams ingests data as n independent segments concurrently (the
+// engine chunks independent segments of a disk in parallel) and flushes.
+func ingestStreams(b *testing.B, s *Store, data []byte, n int) Stats {
+	var wg sync.WaitGroup
+	sts := make([]Stats, n)
+	seg := len(data) / n
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			end := (i + 1) * seg
+			if i == n-1 {
+				end = len(data)
+			}
+			var err error
+			sts[i], err = s.Ingest(context.Background(), bytes.NewReader(data[i*seg:end]), nil)
+			if err != nil {
+				b.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := s.Flush(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	var st Stats
+	for _, x := range sts {
+		st.add(x)
+	}
+	return st
+}
+
+// BenchmarkIngestDedup: the same data again (every chunk a dedup hit);
+// 4*VMVAULT_BENCH_MB (1 GB by default). It also checks that the data was
+// stored once: the shard bytes do not grow.
+func BenchmarkIngestDedup(b *testing.B) {
+	data := osLike(b, 4*benchMB()<<20)
+	dir, pw := benchRepo(b, false)
+	s := openT(b, dir, OpenOptions{Password: pw})
+	defer s.Close()
+	ingestStreams(b, s, data, 1)
+	ingestStreams(b, s, data, 2) // the split point makes one new chunk
+	disk := shardBytes(b, dir)
+	b.Cleanup(func() {
+		if got := shardBytes(b, dir); got != disk {
+			b.Errorf("shard bytes grew from %d to %d on dedup hits", disk, got)
+		}
+	})
+	for _, streams := range []int{1, 2} {
+		b.Run(fmt.Sprintf("streams%d", streams), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			c0 := cpuTime()
+			for b.Loop() {
+				if st := ingestStreams(b, s, data, streams); st.NewChunks != 0 {
+					b.Fatal(st)
+				}
+			}
+			reportCPU(b, cpuTime()-c0, int64(len(data))*int64(b.N))
+			b.ReportMetric(float64(shardBytes(b, dir))/float64(len(data)), "shardbytes/in")
+		})
+	}
+}
+
+// usrReader streams /usr files (the osLike order) without holding them in
+// memory, for the peak-RSS benchmark.
+type usrReader struct {
+	files []string
+	cur   io.ReadCloser
+	left  int64
+}
+
+func (r *usrReader) Read(p []byte) (int, error) {
+	for {
+		if r.left <= 0 {
+			return 0, io.EOF
+		}
+		if r.cur == nil {
+			if len(r.files) == 0 {
+				return 0, io.EOF
+			}
+			f, err := os.Open(r.files[0])
+			r.files = r.files[1:]
+			if err != nil {
+				continue
+			}
+			r.cur = f
+		}
+		n, err := r.cur.Read(p[:min(int64(len(p)), r.left)])
+		r.left -= int64(n)
+		if err == io.EOF {
+			r.cur.Close()
+			r.cur = nil
+			err = nil
+		}
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+}
+
+// BenchmarkIngestPeakRSS streams VMVAULT_BENCH_MB*4 of /usr through two
+// concurrent ingests and reports the peak RSS of the process during it.
+func BenchmarkIngestPeakRSS(b *testing.B) {
+	osLike(b, 1) // list files
+	total := int64(benchMB()) << 22
+	for b.Loop() {
+		b.StopTimer()
+		dir, pw := benchRepo(b, true)
+		s := openT(b, dir, OpenOptions{Password: pw})
+		runtime.GC()
+		debug.FreeOSMemory()
+		resetPeak()
+		b.StartTimer()
+		var wg sync.WaitGroup
+		for i := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				half := len(osFiles) / 2
+				r := &usrReader{files: osFiles[i*half : (i+1)*half], left: total / 2}
+				if _, err := s.Ingest(context.Background(), r, nil); err != nil {
+					b.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		if err := s.Flush(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		b.ReportMetric(float64(vmHWM())/(1<<20), "peakRSS-MiB")
+		b.SetBytes(total)
+		s.Close()
+		os.RemoveAll(dir)
+		b.StartTimer()
+	}
+}
+
+// BenchmarkGetSequential reads every chunk in stream order with a cold
+// frame cache (a fresh Store per iteration, shards in the page cache),
+// from readers goroutines (a restore reads ahead).
+func BenchmarkGetSequential(b *testing.B) {
+	for _, enc := range []bool{false, true} {
+		name := "plain"
+		if enc {
+			name = "encrypted"
+		}
+		b.Run(name, func(b *testing.B) {
+			data := osLike(b, benchMB()<<20)
+			dir, pw := benchRepo(b, enc)
+			s := openT(b, dir, OpenOptions{Password: pw})
+			refs, _ := ingestAll(b, s, data)
+			s.Close()
+			for _, readers := range []int{1, 2} {
+				b.Run("readers"+strconv.Itoa(readers), func(b *testing.B) {
+					b.SetBytes(int64(len(data)))
+					var cpu time.Duration
+					for b.Loop() {
+						b.StopTimer()
+						s := openT(b, dir, OpenOptions{Password: pw})
+						b.StartTimer()
+						c0 := cpuTime()
+						var wg sync.WaitGroup
+						for w := range readers {
+							wg.Add(1)
+							go func() {
+								defer wg.Done()
+								for i := w; i < len(refs); i += readers {
+									if _, err := s.Get(context.Background(), refs[i].ID); err != nil {
+										b.Error(err)
+										return
+									}
+								}
+							}()
+						}
+						wg.Wait()
+						b.StopTimer()
+						cpu += cpuTime() - c0
+						s.Close()
+						b.StartTimer()
+					}
+					reportCPU(b, cpu, int64(len(data))*int64(b.N))
+				})
+			}
+		})
+	}
+}
+
+// BenchmarkGetRange4K: random 4 KiB reads over the data set through
+// GetRange (the FUSE mount's access pattern), reporting latency p50/p99.
+// The data set is larger than the frame cache, so most reads decode.
+func BenchmarkGetRange4K(b *testing.B) {
+	for _, enc := range []bool{false, true} {
+		name := "plain"
+		if enc {
+			name = "encrypted"
+		}
+		b.Run(name, func(b *testing.B) {
+			data := osLike(b, benchMB()<<20)
+			dir, pw := benchRepo(b, enc)
+			s := openT(b, dir, OpenOptions{Password: pw, CacheBytes: 32 << 20})
+			defer s.Close()
+			refs, _ := ingestAll(b, s, data)
+			r := rand.New(rand.NewPCG(1, 1))
+			p := make([]byte, 4096)
+			var lat []time.Duration
+			for b.Loop() {
+				ref := refs[r.IntN(len(refs))]
+				off := r.Int64N(int64(ref.Length)) &^ 4095
+				t0 := time.Now()
+				if _, err := s.GetRange(context.Background(), ref.ID, off, p); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+	}
+}
+
+// BenchmarkChunkParams compares chunk size settings on OS-like data: ingest
+// cost, and how much a second "backup" with scattered 4 KiB overwrites
+// (~3% of the blocks, like a VM disk's churn between backups) stores anew.
+// It is how the defaults were chosen (see README.md).
+func BenchmarkChunkParams(b *testing.B) {
+	data := osLike(b, benchMB()<<20)
+	churn := append([]byte(nil), data...)
+	r := rand.New(rand.NewPCG(3, 3))
+	blocks := len(churn) / 4096
+	for range blocks * 3 / 100 / 8 { // clustered: 8-block runs, 3% of blocks
+		at := r.IntN(blocks-8) * 4096
+		copy(churn[at:at+8*4096], randBytes(r.Uint64(), 8*4096))
+	}
+	for _, p := range []struct{ min, avg, max int }{
+		{32 << 10, 64 << 10, 256 << 10},
+		{128 << 10, 256 << 10, 2 << 20},
+		{256 << 10, 512 << 10, 4 << 20},
+		{512 << 10, 1 << 20, 8 << 20},
+	} {
+		b.Run(fmt.Sprintf("avg%dK", p.avg>>10), func(b *testing.B) {
+			var cpu time.Duration
+			for b.Loop() {
+				b.StopTimer()
+				dir := newRepo(b, 1, InitOptions{DataShards: 1, NoParity: true, ChunkMin: p.min, ChunkAvg: p.avg, ChunkMax: p.max})
+				s := openT(b, dir, OpenOptions{})
+				b.StartTimer()
+				c0 := cpuTime()
+				st1, err := s.Ingest(context.Background(), bytes.NewReader(data), nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				s.Flush(context.Background())
+				cpu += cpuTime() - c0
+				b.StopTimer()
+				st2, err := s.Ingest(context.Background(), bytes.NewReader(churn), nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				s.Close()
+				os.RemoveAll(dir)
+				b.ReportMetric(float64(st1.Chunks), "chunks")
+				b.ReportMetric(float64(st2.StoredBytes)/(1<<20), "churn-stored-MiB")
+				b.ReportMetric(float64(st2.NewBytes)/(1<<20), "churn-new-MiB")
+				b.StartTimer()
+			}
+			b.SetBytes(int64(len(data)))
+			reportCPU(b, cpu, int64(len(data))*int64(b.N))
+		})
+	}
+}

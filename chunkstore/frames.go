@@ -1,0 +1,410 @@
+package chunkstore
+
+import (
+	"crypto/cipher"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"math"
+	"math/bits"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Chunk stored form ("blob"): a chunk is cut into frames of FrameSize raw
+// bytes (the last one shorter), each compressed-or-raw and, in an encrypted
+// repository, sealed on its own, so that a 4 KiB read decodes one frame
+// instead of the whole ~1 MiB chunk. A small frame table in front says where
+// each frame starts:
+//
+//	byte 0     version (1)
+//	byte 1     flags: bit0 sealed (AES-256-GCM per frame), bit1 CRC per frame
+//	byte 2     log2(frame size), 12..20
+//	uvarint    raw length of the chunk
+//	per frame  uvarint stored length, byte method (0 raw, 1 zstd),
+//	           [u32 LE CRC-32C of the frame's plaintext, if bit1]
+//	frames     concatenated; a sealed frame is nonce(12) || GCM(payload)
+//
+// The number of frames follows from the raw length. Integrity: a sealed
+// frame's GCM additional data binds the chunk ID, the frame index, the frame
+// count, the raw length, the method and the frame size, so a frame cannot be
+// moved, swapped or reinterpreted and a lying table fails authentication.
+// Unsealed frames carry a CRC-32C of their plaintext (cheap, catches damage
+// the shard checksums could not, e.g. a bug); a whole-chunk Get of an
+// unencrypted repository also checks the keyed BLAKE3 ID.
+// The table itself is not encrypted: it reveals per-64 KiB compressed sizes,
+// about what restic's blob sizes reveal.
+
+const (
+	blobVersion  = 1
+	flagSealed   = 1 << 0
+	flagCRC      = 1 << 1
+	methodRaw    = 0
+	methodZstd   = 1
+	minFrameSize = 4 << 10
+	maxFrameSize = 1 << 20
+	nonceLen     = 12
+	tagLen       = 16
+	sealOverhead = nonceLen + tagLen
+	// maxChunkRaw bounds the raw length a table may claim (the chunker's
+	// max is at most 64 MiB, see Config.validate).
+	maxChunkRaw = 64 << 20
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// frameEntry locates one frame inside a blob.
+type frameEntry struct {
+	off    int64 // from the start of the blob
+	stored int
+	method byte
+	crc    uint32
+}
+
+// frameTable is a parsed blob head.
+type frameTable struct {
+	rawLen    int64
+	frameSize int
+	sealed    bool
+	hasCRC    bool
+	hdrLen    int
+	frames    []frameEntry
+}
+
+// rawFrameLen is the plaintext length of frame i.
+func (t *frameTable) rawFrameLen(i int) int {
+	return frameRawLen(t.rawLen, t.frameSize, i)
+}
+
+// storedLen is the blob length the table describes.
+func (t *frameTable) storedLen() int64 {
+	if len(t.frames) == 0 {
+		return int64(t.hdrLen)
+	}
+	f := t.frames[len(t.frames)-1]
+	return f.off + int64(f.stored)
+}
+
+// numFrames is ceil(rawLen / frameSize).
+func numFrames(rawLen int64, frameSize int) int {
+	return int((rawLen + int64(frameSize) - 1) / int64(frameSize))
+}
+
+func frameRawLen(rawLen int64, frameSize, i int) int {
+	start := int64(i) * int64(frameSize)
+	return int(min(rawLen-start, int64(frameSize)))
+}
+
+// frameRange returns the frames [first, last] covering raw range
+// [off, off+n), n > 0.
+func frameRange(off, n int64, frameSize int) (first, last int) {
+	return int(off / int64(frameSize)), int((off + n - 1) / int64(frameSize))
+}
+
+// maxTableLen bounds the head of a blob holding rawLen bytes: what a reader
+// must fetch to parse the frame table without knowing it.
+func maxTableLen(rawLen int64, frameSize int) int {
+	return 3 + binary.MaxVarintLen64 + numFrames(rawLen, frameSize)*(binary.MaxVarintLen32+1+4)
+}
+
+// parseFrameTable parses the frame table at the start of head. storedLen is
+// the blob's full length when known (from the index), or -1. Hostile input
+// gives an error wrapping ErrCorrupt, never a panic or an allocation larger
+// than len(head) allows.
+func parseFrameTable(head []byte, storedLen int64) (*frameTable, error) {
+	bad := func(f string, a ...any) error {
+		return fmt.Errorf("chunkstore: frame table: %w: %s", ErrCorrupt, fmt.Sprintf(f, a...))
+	}
+	if len(head) < 4 {
+		return nil, bad("short (%d bytes)", len(head))
+	}
+	if head[0] != blobVersion {
+		return nil, bad("unknown version %d", head[0])
+	}
+	flags := head[1]
+	if flags&^(flagSealed|flagCRC) != 0 {
+		return nil, bad("unknown flags %#x", flags)
+	}
+	shift := int(head[2])
+	if shift < bits.Len(minFrameSize)-1 || shift > bits.Len(maxFrameSize)-1 {
+		return nil, bad("bad frame size shift %d", shift)
+	}
+	t := &frameTable{frameSize: 1 << shift, sealed: flags&flagSealed != 0, hasCRC: flags&flagCRC != 0}
+	pos := 3
+	rl, n := binary.Uvarint(head[pos:])
+	if n <= 0 || rl > maxChunkRaw {
+		return nil, bad("bad raw length")
+	}
+	pos += n
+	t.rawLen = int64(rl)
+	nf := numFrames(t.rawLen, t.frameSize)
+	// Each frame needs at least 2 table bytes: refuse before allocating.
+	if nf*2 > len(head)-pos {
+		return nil, bad("table truncated: %d frames in %d bytes", nf, len(head)-pos)
+	}
+	t.frames = make([]frameEntry, nf)
+	for i := range t.frames {
+		sl, n := binary.Uvarint(head[pos:])
+		if n <= 0 {
+			return nil, bad("frame %d: truncated", i)
+		}
+		pos += n
+		if pos >= len(head) {
+			return nil, bad("frame %d: truncated", i)
+		}
+		m := head[pos]
+		pos++
+		raw := t.rawFrameLen(i)
+		over := 0
+		if t.sealed {
+			over = sealOverhead
+		}
+		switch m {
+		case methodRaw:
+			if sl != uint64(raw+over) {
+				return nil, bad("frame %d: raw frame of %d bytes stored as %d", i, raw, sl)
+			}
+		case methodZstd:
+			if sl == 0 || sl > uint64(raw+over) {
+				return nil, bad("frame %d: bad stored length %d", i, sl)
+			}
+		default:
+			return nil, bad("frame %d: unknown method %d", i, m)
+		}
+		t.frames[i] = frameEntry{stored: int(sl), method: m}
+		if t.hasCRC {
+			if pos+4 > len(head) {
+				return nil, bad("frame %d: truncated", i)
+			}
+			t.frames[i].crc = binary.LittleEndian.Uint32(head[pos:])
+			pos += 4
+		}
+	}
+	t.hdrLen = pos
+	off := int64(pos)
+	for i := range t.frames {
+		t.frames[i].off = off
+		off += int64(t.frames[i].stored)
+	}
+	if storedLen >= 0 && off != storedLen {
+		return nil, bad("frames end at %d, blob is %d bytes", off, storedLen)
+	}
+	return t, nil
+}
+
+// codec turns chunks into blobs and back. It is safe for concurrent use
+// (zstd EncodeAll/DecodeAll and cipher.AEAD are).
+type codec struct {
+	frameSize int
+	shift     byte
+	zenc      *zstd.Encoder // nil: never compress
+	zdec      *zstd.Decoder
+	aead      cipher.AEAD // nil: unencrypted
+	scratch   sync.Pool   // *[]byte of frameSize+sealOverhead
+}
+
+func newCodec(frameSize int, zstdLevel int, aead cipher.AEAD, concurrency int) (*codec, error) {
+	c := &codec{frameSize: frameSize, shift: byte(bits.Len(uint(frameSize)) - 1), aead: aead}
+	if zstdLevel > 0 {
+		e, err := zstd.NewWriter(nil,
+			zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(zstdLevel)),
+			zstd.WithEncoderConcurrency(concurrency),
+			zstd.WithEncoderCRC(false), // frames have their own CRC / GCM tag
+			zstd.WithWindowSize(max(frameSize, zstd.MinWindowSize)),
+			zstd.WithSingleSegment(true))
+		if err != nil {
+			return nil, fmt.Errorf("chunkstore: zstd: %w", err)
+		}
+		c.zenc = e
+	}
+	// The decoder is needed even when this repository never compresses:
+	// the blob format allows it. MaxMemory bounds what a hostile frame can
+	// make DecodeAll allocate.
+	d, err := zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(concurrency),
+		zstd.WithDecoderMaxMemory(maxFrameSize),
+		zstd.WithDecoderMaxWindow(maxFrameSize))
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: zstd: %w", err)
+	}
+	c.zdec = d
+	c.scratch.New = func() any { b := make([]byte, 0, maxFrameSize+sealOverhead); return &b }
+	return c, nil
+}
+
+func (c *codec) close() {
+	if c.zenc != nil {
+		c.zenc.Close()
+	}
+	c.zdec.Close()
+}
+
+// frameAAD is the GCM additional data of frame i (see the format comment).
+func frameAAD(buf *[32 + 4 + 4 + 8 + 2]byte, id ID, i, n int, rawLen int64, method, shift byte) []byte {
+	copy(buf[:32], id[:])
+	binary.LittleEndian.PutUint32(buf[32:], uint32(i))
+	binary.LittleEndian.PutUint32(buf[36:], uint32(n))
+	binary.LittleEndian.PutUint64(buf[40:], uint64(rawLen))
+	buf[48] = method
+	buf[49] = shift
+	return buf[:]
+}
+
+// encStats are per-blob compression counters.
+type encStats struct {
+	rawFrames, zstdFrames int
+}
+
+// encode appends the blob of chunk data (ID id) to dst and returns it.
+// work is reusable scratch of the caller (one per worker).
+func (c *codec) encode(dst []byte, id ID, data []byte, work *[]byte) ([]byte, encStats) {
+	var st encStats
+	nf := numFrames(int64(len(data)), c.frameSize)
+	flags := byte(0)
+	if c.aead != nil {
+		flags |= flagSealed
+	} else {
+		flags |= flagCRC
+	}
+	// Frames go to work first because the table in front needs their
+	// stored lengths.
+	body := (*work)[:0]
+	type fr struct {
+		stored int
+		method byte
+		crc    uint32
+	}
+	var small [128]fr
+	frs := small[:0]
+	tmp := c.scratch.Get().(*[]byte)
+	defer c.scratch.Put(tmp)
+	var aad [50]byte
+	for i := range nf {
+		raw := data[i*c.frameSize : i*c.frameSize+frameRawLen(int64(len(data)), c.frameSize, i)]
+		payload, method := raw, byte(methodRaw)
+		if c.zenc != nil && !looksIncompressible(raw) {
+			z := c.zenc.EncodeAll(raw, (*tmp)[:0])
+			// Keep compression only when it saves more than 1/32: a
+			// marginal gain is not worth decompressing on every read.
+			if len(z) < len(raw)-len(raw)/32 {
+				payload, method = z, methodZstd
+			}
+			*tmp = z[:0]
+		}
+		if method == methodZstd {
+			st.zstdFrames++
+		} else {
+			st.rawFrames++
+		}
+		start := len(body)
+		if c.aead != nil {
+			var nonce [nonceLen]byte
+			mustRand(nonce[:])
+			body = append(body, nonce[:]...)
+			body = c.aead.Seal(body, nonce[:], payload, frameAAD(&aad, id, i, nf, int64(len(data)), method, c.shift))
+		} else {
+			body = append(body, payload...)
+		}
+		f := fr{stored: len(body) - start, method: method}
+		if c.aead == nil {
+			f.crc = crc32c(raw)
+		}
+		frs = append(frs, f)
+	}
+	*work = body
+	dst = append(dst, blobVersion, flags, c.shift)
+	dst = binary.AppendUvarint(dst, uint64(len(data)))
+	for _, f := range frs {
+		dst = binary.AppendUvarint(dst, uint64(f.stored))
+		dst = append(dst, f.method)
+		if c.aead == nil {
+			dst = binary.LittleEndian.AppendUint32(dst, f.crc)
+		}
+	}
+	return append(dst, body...), st
+}
+
+// decodeFrame decodes frame i of a blob whose table is t from its stored
+// bytes into dst (len(dst) == t.rawFrameLen(i)).
+func (c *codec) decodeFrame(dst []byte, id ID, t *frameTable, i int, stored []byte) error {
+	f := t.frames[i]
+	if len(stored) != f.stored || len(dst) != t.rawFrameLen(i) {
+		return fmt.Errorf("chunkstore: chunk %s frame %d: %w: length mismatch", id, i, ErrCorrupt)
+	}
+	payload := stored
+	if t.sealed {
+		if c.aead == nil {
+			return fmt.Errorf("chunkstore: chunk %s: %w: sealed frame in an unencrypted repository", id, ErrCorrupt)
+		}
+		var aad [50]byte
+		shift := byte(bits.Len(uint(t.frameSize)) - 1)
+		a := frameAAD(&aad, id, i, len(t.frames), t.rawLen, f.method, shift)
+		if f.method == methodRaw {
+			out, err := c.aead.Open(dst[:0:len(dst)], stored[:nonceLen], stored[nonceLen:], a)
+			if err != nil || len(out) != len(dst) {
+				return fmt.Errorf("chunkstore: chunk %s frame %d: %w: authentication failed", id, i, ErrCorrupt)
+			}
+			return nil
+		}
+		tmp := c.scratch.Get().(*[]byte)
+		defer c.scratch.Put(tmp)
+		out, err := c.aead.Open((*tmp)[:0], stored[:nonceLen], stored[nonceLen:], a)
+		if err != nil {
+			return fmt.Errorf("chunkstore: chunk %s frame %d: %w: authentication failed", id, i, ErrCorrupt)
+		}
+		*tmp = out[:0]
+		payload = out
+	} else if c.aead != nil {
+		// An encrypted repository only holds sealed blobs: an unsealed one
+		// is a forgery attempt or damage.
+		return fmt.Errorf("chunkstore: chunk %s: %w: unsealed frame in an encrypted repository", id, ErrCorrupt)
+	}
+	switch f.method {
+	case methodRaw:
+		copy(dst, payload)
+	case methodZstd:
+		out, err := c.zdec.DecodeAll(payload, dst[:0:len(dst)])
+		if err != nil || len(out) != len(dst) {
+			return fmt.Errorf("chunkstore: chunk %s frame %d: %w: decompress: %v", id, i, ErrCorrupt, err)
+		}
+		if &out[0] != &dst[0] {
+			copy(dst, out)
+		}
+	}
+	if t.hasCRC && crc32c(dst) != f.crc {
+		return fmt.Errorf("chunkstore: chunk %s frame %d: %w: checksum mismatch", id, i, ErrCorrupt)
+	}
+	return nil
+}
+
+// looksIncompressible estimates the byte entropy of a strided sample of b:
+// above ~7.85 bits/byte zstd would not gain the 1/32 we require, and
+// skipping the attempt keeps already-compressed data (video, archives,
+// encrypted volumes) near memcpy speed. Sampling 4096 bytes underestimates
+// the entropy of uniform data by ~0.05 bit, hence the margin.
+func looksIncompressible(b []byte) bool {
+	const samples = 4096
+	if len(b) < samples*2 {
+		return false
+	}
+	stride := len(b) / samples
+	var hist [256]uint32
+	for i := 0; i < samples; i++ {
+		hist[b[i*stride]]++
+	}
+	// Long runs of one value (zeros, padding) compress: quick exit.
+	var h float64
+	for _, n := range hist {
+		if n > samples/16 {
+			return false
+		}
+		if n != 0 {
+			p := float64(n) / samples
+			h -= p * math.Log2(p)
+		}
+	}
+	return h > 7.85
+}
