@@ -16,14 +16,17 @@ import (
 	"time"
 
 	"github.com/vmvault/vmvault/chunkstore"
-	"github.com/vmvault/vmvault/engine/internal/pagefile"
+	"github.com/vmvault/vmvault/vhdxfs"
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
 )
 
 // BackupOptions describe one backup of one VM.
 type BackupOptions struct {
-	VM      string   // VM name (required)
-	Group   string   // protection group, recorded in the VM and the RP
+	VM string // VM name (required)
+	// Group, when set, must name an existing protection group (see
+	// CreateGroup): the VM joins it (a VM already in another group is
+	// refused) and the recovery point records it.
+	Group   string
 	Sources []string // disk files, raw images or Hyper-V VM folders
 	// Full ("express full") reads and chunks everything even when the VM
 	// has an earlier recovery point; only chunks dedup does not know are
@@ -34,11 +37,13 @@ type BackupOptions struct {
 	// whatever happens once the pre-hook was attempted.
 	PreHook, PostHook    string
 	RequireAppConsistent bool
-	// ExcludePagefile leaves out the data of pagefile.sys, hiberfil.sys
-	// and swapfile.sys on the guest's NTFS volumes: they restore as zeros
-	// (Windows recreates them) and would otherwise dominate incrementals.
-	ExcludePagefile bool
-	HookOutput      io.Writer // default os.Stderr
+	// KeepPagefile backs up the data of pagefile.sys, hiberfil.sys and
+	// swapfile.sys on the guest's NTFS volumes. By default it is left out
+	// (vhdxfs.PageFileRanges): those clusters restore as zeros (Windows
+	// recreates the files) and would otherwise dominate incrementals. The
+	// manifest records every file left out (DiskManifest.ExcludedFiles).
+	KeepPagefile bool
+	HookOutput   io.Writer // default os.Stderr
 	// Progress, if set, is called from worker goroutines with the bytes
 	// read so far and the total to read (allocated bytes of changed disks).
 	Progress func(done, total int64)
@@ -59,6 +64,10 @@ type BackupResult struct {
 	Pointer  *Pointer
 	Manifest *Manifest
 	Duration time.Duration
+	// Warnings are problems that did not fail the backup (a volume whose
+	// page files could not be mapped, so they were backed up after all).
+	// They are in Manifest.Warnings and the job record too.
+	Warnings []string
 }
 
 func (o *BackupOptions) logf(format string, args ...any) {
@@ -80,6 +89,7 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 		if res != nil {
 			job.RP = res.Pointer.ID
 			job.BytesRead, job.BytesNew, job.BytesStored = res.Manifest.BytesRead, res.Manifest.BytesNew, res.Manifest.BytesStored
+			job.Warnings = res.Warnings
 		}
 		r.finishJob(job, err)
 	}()
@@ -88,6 +98,11 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 		now = time.Now
 	}
 	start := now().UTC().Truncate(time.Second)
+	if o.Group != "" {
+		if _, err := r.Group(o.Group); err != nil {
+			return nil, fmt.Errorf("engine: backup: %w", err)
+		}
+	}
 	plan, err := planSources(o.Sources)
 	if err != nil {
 		return nil, err
@@ -178,7 +193,9 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 		if pd == nil && prev != nil {
 			pd = matchByDiskID(prev, od.disk.Identity())
 		}
-		if pd != nil && unchanged(pd, od) {
+		// A disk whose page files were left out last time must be read
+		// when they are wanted now: its stored extents lack them.
+		if pd != nil && unchanged(pd, od) && !(o.KeepPagefile && pd.excludedSomething()) {
 			ok, err := allPresent(ctx, r.store, flatExtents(pd))
 			if err != nil {
 				return nil, fmt.Errorf("engine: backup: %w", err)
@@ -212,10 +229,17 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 		workers = max(2, runtime.GOMAXPROCS(0))
 	}
 	for _, w := range work {
-		dm, err := r.backupDisk(ctx, w.od, w.prev, workers, onRead, o.ExcludePagefile, o.Limit)
+		dm, err := r.backupDisk(ctx, w.od, w.prev, workers, onRead, !o.KeepPagefile, o.Limit)
 		if err != nil {
 			return nil, err
 		}
+		for _, w := range dm.Warnings {
+			o.logf("warning: %s", w)
+		}
+		for _, f := range dm.ExcludedFiles {
+			o.logf("%s: left out p%d/%s (%s of %s file)", dm.Name, f.Volume, f.Path, fmtBytes(f.BytesExcluded), fmtBytes(f.Size))
+		}
+		m.Warnings = append(m.Warnings, dm.Warnings...)
 		o.logf("%s: read %s, new %s, %d of %d segments reused", dm.Name, fmtBytes(dm.BytesRead), fmtBytes(dm.BytesNew), dm.SegmentsReused, len(dm.Segments))
 		m.Disks = append(m.Disks, *dm)
 	}
@@ -262,7 +286,7 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 		return nil, fmt.Errorf("engine: backup: commit recovery point: %w", err)
 	}
 	m.ID = p.ID
-	return &BackupResult{Pointer: p, Manifest: m, Duration: time.Since(start)}, nil
+	return &BackupResult{Pointer: p, Manifest: m, Duration: time.Since(start), Warnings: m.Warnings}, nil
 }
 
 // resolveVM finds or creates the VM record: by the GUID of its .vmcx when
@@ -291,6 +315,12 @@ func (r *Repo) resolveVM(name, guid, group string, now time.Time) (VM, error) {
 			vm.Name, changed = name, true
 		}
 		if group != "" && vm.Group != group {
+			// Moving between groups is explicit (group remove, group
+			// add); a stale name of a deleted group may be replaced.
+			if vm.Group != "" && r.groupExists(vm.Group) {
+				return VM{}, fmt.Errorf("engine: backup: VM %s is in group %s, not %s (move it with: vmvault group remove %s %s; vmvault group add %s %s)",
+					vm.Name, vm.Group, group, vm.Group, vm.Name, group, vm.Name)
+			}
 			vm.Group, changed = group, true
 		}
 		if changed {
@@ -363,12 +393,7 @@ func (r *Repo) backupDisk(ctx context.Context, od *openDisk, prev *DiskManifest,
 	dm := &DiskManifest{Name: od.name, Source: od.path, SourceFiles: od.files, RelDir: od.relDir,
 		Identity: id, SegmentSize: SegmentSize, BytesAllocated: vdisk.AllocatedBytes(alloc)}
 	if excludePagefile {
-		ex, found, _ := pagefile.Ranges(od.disk)
-		alloc = pagefile.Subtract(alloc, ex)
-		for _, f := range found {
-			dm.Excluded = append(dm.Excluded, f.String())
-		}
-		dm.ExcludedBytes = vdisk.AllocatedBytes(ex)
+		alloc = excludePageFiles(od.disk, alloc, dm)
 	}
 	prevSeg := map[int64]*Segment{}
 	if prev != nil && prev.SegmentSize == SegmentSize {
@@ -427,6 +452,57 @@ func (r *Repo) backupDisk(ctx context.Context, od *openDisk, prev *DiskManifest,
 		}
 	}
 	return dm, nil
+}
+
+// excludePageFiles removes the clusters of the guest's page, hibernation
+// and swap files (vhdxfs.PageFileRanges) from the allocation map alloc and
+// records in dm what was left out. Nothing here fails the backup: whatever
+// cannot be mapped is backed up and becomes a warning.
+func excludePageFiles(d vdisk.Disk, alloc []vdisk.Extent, dm *DiskManifest) []vdisk.Extent {
+	pfs, warns, err := vhdxfs.PageFileRanges(d)
+	for _, w := range warns {
+		dm.Warnings = append(dm.Warnings, dm.Name+": "+w)
+	}
+	if err != nil {
+		// The partition table (a disk without one is volume p0, not an
+		// error) could not be read: back up the whole allocation.
+		dm.Warnings = append(dm.Warnings, fmt.Sprintf("%s: page files not looked for (backed up if any): %v", dm.Name, err))
+		return alloc
+	}
+	for _, pf := range pfs {
+		before := vdisk.AllocatedBytes(alloc)
+		alloc = subtractExtents(alloc, vdisk.NormalizeExtents(pf.Extents, d.Size()))
+		n := before - vdisk.AllocatedBytes(alloc)
+		dm.ExcludedFiles = append(dm.ExcludedFiles, ExcludedFile{Volume: pf.Volume, Path: pf.Path, Size: pf.Size, BytesExcluded: n})
+		dm.ExcludedBytes += n
+	}
+	return alloc
+}
+
+// subtractExtents removes the sorted, non-overlapping ranges ex from the
+// sorted, non-overlapping extents alloc.
+func subtractExtents(alloc, ex []vdisk.Extent) []vdisk.Extent {
+	if len(ex) == 0 {
+		return alloc
+	}
+	var out []vdisk.Extent
+	j := 0
+	for _, a := range alloc {
+		off, end := a.Off, a.End()
+		for j < len(ex) && ex[j].End() <= off {
+			j++
+		}
+		for k := j; k < len(ex) && ex[k].Off < end; k++ {
+			if ex[k].Off > off {
+				out = append(out, vdisk.Extent{Off: off, Len: ex[k].Off - off})
+			}
+			off = max(off, ex[k].End())
+		}
+		if off < end {
+			out = append(out, vdisk.Extent{Off: off, Len: end - off})
+		}
+	}
+	return out
 }
 
 // backupConfig stores one configuration file byte for byte.

@@ -22,6 +22,7 @@ const (
 	vmsDir     = "catalog/vms"
 	rpsDir     = "catalog/rps"
 	jobsDir    = "catalog/jobs"
+	groupsDir  = "catalog/groups"
 	// rpIDLayout is the UTC creation time of a recovery point (DESIGN.md).
 	rpIDLayout = "2006-01-02T150405Z"
 )

@@ -11,7 +11,11 @@
 //	<repo>/catalog/rps/<vm-guid>/<rp-id>.json
 //	                                    recovery point pointer: summary for
 //	                                    listing + the chunk refs of the manifest
-//	<repo>/catalog/jobs/<job-id>.json   job records (backup/restore/check)
+//	<repo>/catalog/jobs/<job-id>.json   job records (backup, restore, check,
+//	                                    forget, prune)
+//	<repo>/catalog/groups/<name>.json   protection group: retention range
+//	                                    and schedule (groups.go); members
+//	                                    are the VMs whose record names it
 //
 // A recovery point's manifest (manifest.go) is stored as chunks like any
 // data; the pointer file, written last with temp+fsync+link, is what makes
@@ -30,6 +34,14 @@
 //
 // A disk whose identity (DataWriteGuid), size and file mtimes are
 // unchanged is not read at all. --full skips all reuse.
+//
+// By default the clusters of the guest's page, hibernation and swap files
+// on NTFS volumes (vhdxfs.PageFileRanges) are left out of the allocation
+// map, so they restore as zeros; the manifest lists every file left out.
+// KeepPagefile backs them up.
+//
+// Retention (forget.go) is engine/retention's policy per VM: explicit
+// keep rules, or else the retention range of the VM's protection group.
 package engine
 
 import (
@@ -100,7 +112,7 @@ func Init(dir string, o InitOptions) error {
 	if err := st.Close(); err != nil {
 		return fmt.Errorf("engine: init: %w", err)
 	}
-	for _, d := range []string{catalogDir, vmsDir, rpsDir, jobsDir} {
+	for _, d := range []string{catalogDir, vmsDir, rpsDir, jobsDir, groupsDir} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return fmt.Errorf("engine: init: %w", err)
 		}
@@ -149,7 +161,7 @@ func Open(dir string, o OpenOptions) (*Repo, error) {
 		return nil, fmt.Errorf("engine: open %s: %w", dir, err)
 	}
 	// Older repositories or ones made by chunkstore alone get a catalog.
-	for _, d := range []string{catalogDir, vmsDir, rpsDir, jobsDir} {
+	for _, d := range []string{catalogDir, vmsDir, rpsDir, jobsDir, groupsDir} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			st.Close()
 			return nil, fmt.Errorf("engine: %w", err)

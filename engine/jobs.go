@@ -19,13 +19,16 @@ const (
 	JobInterrupted = "interrupted" // the process died while it ran
 )
 
-// Job is the record of one backup, restore or check.
+// Job is the record of one backup, restore, check, forget or prune (also
+// of dry runs, which say so).
 type Job struct {
 	ID           string    `json:"id"`
-	Kind         string    `json:"kind"` // backup, restore, check
+	Kind         string    `json:"kind"` // backup, restore, check, forget, prune
 	VM           string    `json:"vm,omitempty"`
 	VMGUID       string    `json:"vm_guid,omitempty"`
+	Group        string    `json:"group,omitempty"`
 	RP           string    `json:"rp,omitempty"`
+	DryRun       bool      `json:"dry_run,omitempty"`
 	Start        time.Time `json:"start"`
 	End          time.Time `json:"end,omitzero"`
 	Result       string    `json:"result"`
@@ -36,11 +39,17 @@ type Job struct {
 	BytesWritten int64     `json:"bytes_written"`
 	Host         string    `json:"host"`
 	PID          int       `json:"pid"`
+	// Forgotten lists the recovery points a forget removed (or, in a dry
+	// run, would remove), as "<vm>/<rp-id>".
+	Forgotten []string `json:"forgotten,omitempty"`
+	// Warnings are problems that did not fail the job.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // startJob records a running job. Job records are best effort: failing to
-// write one never fails the job itself.
-func (r *Repo) startJob(kind, vm string) *Job {
+// write one never fails the job itself. It is a Catalog method so that
+// catalog-only commands (forget) leave records too.
+func (r *Catalog) startJob(kind, vm string) *Job {
 	host, _ := os.Hostname()
 	now := time.Now().UTC()
 	j := &Job{ID: now.Format("20060102T150405.000000000Z") + "-" + kind + "-" + randHex(3),
@@ -49,7 +58,7 @@ func (r *Repo) startJob(kind, vm string) *Job {
 	return j
 }
 
-func (r *Repo) finishJob(j *Job, err error) {
+func (r *Catalog) finishJob(j *Job, err error) {
 	j.End = time.Now().UTC()
 	j.Result = JobOK
 	if err != nil {
@@ -58,7 +67,7 @@ func (r *Repo) finishJob(j *Job, err error) {
 	r.putJob(j)
 }
 
-func (r *Repo) putJob(j *Job) {
+func (r *Catalog) putJob(j *Job) {
 	b, err := json.MarshalIndent(j, "", "  ")
 	if err == nil {
 		_ = writeFileAtomic(r.cat.path(jobsDir, j.ID+".json"), b, false)

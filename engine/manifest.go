@@ -107,10 +107,36 @@ type DiskManifest struct {
 	// otherwise the number of segments whose chunk list was reused.
 	Unchanged      bool `json:"unchanged,omitempty"`
 	SegmentsReused int  `json:"segments_reused"`
-	// Excluded lists guest files left out (page/hibernation files, which
-	// restore as zeros) and ExcludedBytes their size on disk.
-	Excluded      []string `json:"excluded,omitempty"`
-	ExcludedBytes int64    `json:"excluded_bytes,omitempty"`
+	// ExcludedFiles lists the guest files whose data was left out (page,
+	// hibernation and swap files, which restore as zeros) and
+	// ExcludedBytes the allocated disk bytes that were therefore not read.
+	ExcludedFiles []ExcludedFile `json:"excluded_files,omitempty"`
+	ExcludedBytes int64          `json:"excluded_bytes,omitempty"`
+	// Excluded is the older free-text form of ExcludedFiles
+	// ("p2/pagefile.sys (N bytes)"), read from manifests of earlier
+	// builds and no longer written.
+	Excluded []string `json:"excluded,omitempty"`
+	// Warnings are problems of this disk's backup that did not fail it.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// ExcludedFile is one guest file whose clusters a backup left out.
+type ExcludedFile struct {
+	// Volume is the partition index: the N of volumes/<disk>-p<N>.
+	Volume int `json:"volume"`
+	// Path is the file's name in the volume root, as stored there.
+	Path string `json:"path"`
+	// Size is the file's length in bytes.
+	Size int64 `json:"size"`
+	// BytesExcluded is how many allocated disk bytes of the file's
+	// clusters were not read (clusters the virtual disk never allocated
+	// are not counted: they were not going to be stored anyway).
+	BytesExcluded int64 `json:"bytes_excluded"`
+}
+
+// excludedSomething reports whether data of the disk was left out.
+func (d *DiskManifest) excludedSomething() bool {
+	return d.ExcludedBytes > 0 || len(d.ExcludedFiles) > 0 || len(d.Excluded) > 0
 }
 
 // ConfigFile is a VM configuration file stored byte for byte.
@@ -143,6 +169,8 @@ type Manifest struct {
 	BytesRead   int64          `json:"bytes_read"`
 	BytesNew    int64          `json:"bytes_new"`
 	BytesStored int64          `json:"bytes_stored"`
+	// Warnings of the backup that did not fail it (all disks).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // DiskSummary is the per-disk part of a Pointer.

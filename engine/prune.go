@@ -37,6 +37,7 @@ type PruneReport struct {
 // the next step at that scale.
 func (r *Repo) Prune(ctx context.Context, o PruneOptions) (rep *PruneReport, err error) {
 	job := r.startJob("prune", "")
+	job.DryRun = o.DryRun
 	defer func() { r.finishJob(job, err) }()
 	rep = &PruneReport{}
 	live := map[chunkstore.ID]struct{}{}

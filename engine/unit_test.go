@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/vmvault/vmvault/chunkstore"
+	"github.com/vmvault/vmvault/engine/retention"
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
 )
 
@@ -182,10 +184,14 @@ func FuzzDecodeManifest(f *testing.F) {
 func TestForget(t *testing.T) {
 	dir := t.TempDir()
 	c := &catalog{dir: dir}
-	for _, d := range []string{vmsDir, rpsDir} {
+	for _, d := range []string{vmsDir, rpsDir, groupsDir} {
 		os.MkdirAll(filepath.Join(dir, d), 0o700)
 	}
 	os.WriteFile(filepath.Join(dir, "config"), []byte("{}"), 0o600)
+	cat := &Catalog{cat: c}
+	if _, err := cat.CreateGroup(Group{Name: "g", RetentionDays: 30}); err != nil {
+		t.Fatal(err)
+	}
 	vm := VM{Name: "a", GUID: newGUID(), Group: "g"}
 	c.putVM(vm)
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -195,16 +201,24 @@ func TestForget(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cat := &Catalog{cat: c}
-	now := func() time.Time { return base.Add(6 * 24 * time.Hour) }
-	gone, err := cat.Forget(ForgetOptions{Group: "g", KeepLast: 2, KeepWithin: 80 * time.Hour, DryRun: true, now: now})
-	if err != nil || len(gone) != 3 {
-		t.Fatalf("dry run: %v %v, want the 3 oldest", gone, err)
+	// keep-within counts back from the newest point (day 5): 56h keeps
+	// days 3, 4 and 5.
+	pol := retention.Policy{KeepLast: 2, KeepWithin: 56 * time.Hour}
+	rep, err := cat.Forget(ForgetOptions{Group: "g", Policy: pol, DryRun: true})
+	if err != nil || rep.Forgotten != 3 || rep.Kept != 3 || len(rep.VMs) != 1 || rep.VMs[0].PolicyFrom != "flags" {
+		t.Fatalf("dry run: %+v %v, want the 3 oldest", rep, err)
+	}
+	if k := rep.VMs[0].Keep; k[0].ID != "2026-01-06T000000Z" || strings.Join(k[0].Reasons, ",") != "last,within 2d8h" ||
+		k[2].ID != "2026-01-04T000000Z" || strings.Join(k[2].Reasons, ",") != "within 2d8h" {
+		t.Errorf("kept %+v", k)
+	}
+	if f := rep.VMs[0].Forget; f[0].ID != "2026-01-03T000000Z" || f[0].Reasons[0] != "no rule keeps it" {
+		t.Errorf("forgotten %+v", f)
 	}
 	if ps, _ := cat.ListRecoveryPoints("a"); len(ps) != 6 {
 		t.Fatal("dry run removed points")
 	}
-	if _, err := cat.Forget(ForgetOptions{VM: "a", KeepLast: 2, KeepWithin: 80 * time.Hour, now: now}); err != nil {
+	if _, err := cat.Forget(ForgetOptions{VM: "a", Policy: pol}); err != nil {
 		t.Fatal(err)
 	}
 	ps, _ := cat.ListRecoveryPoints("a")
@@ -214,10 +228,19 @@ func TestForget(t *testing.T) {
 	if _, err := cat.Forget(ForgetOptions{VM: "a", IDs: []string{"2026-01-01T000000Z"}}); !errors.Is(err, ErrUnknownRP) {
 		t.Errorf("forget of a missing point: %v", err)
 	}
-	if _, err := cat.Forget(ForgetOptions{VM: "a", KeepLast: 1, now: now}); err != nil {
+	if _, err := cat.Forget(ForgetOptions{VM: "a", Policy: retention.Policy{KeepLast: -2}}); !errors.Is(err, retention.ErrInvalid) {
+		t.Errorf("keep-last -2: %v", err)
+	}
+	// Explicit IDs forget exactly those, even the newest, with no implicit
+	// group policy.
+	rep, err = cat.Forget(ForgetOptions{VM: "a", IDs: []string{"2026-01-06T000000Z"}})
+	if err != nil || rep.Forgotten != 1 || rep.VMs[0].PolicyFrom != "none" {
+		t.Fatalf("explicit: %+v %v", rep, err)
+	}
+	if _, err := cat.Forget(ForgetOptions{VM: "a", Policy: retention.Policy{KeepLast: 1}}); err != nil {
 		t.Fatal(err)
 	}
-	if ps, _ := cat.ListRecoveryPoints("a"); len(ps) != 1 || ps[0].ID != "2026-01-06T000000Z" {
+	if ps, _ := cat.ListRecoveryPoints("a"); len(ps) != 1 || ps[0].ID != "2026-01-05T000000Z" {
 		t.Fatalf("keep-last 1 left %v", ps)
 	}
 }

@@ -64,7 +64,10 @@ type DiskDetailView struct {
 	SegmentsReused int            `json:"segments_reused"`
 	Extents        int            `json:"extents"`
 	Unchanged      bool           `json:"unchanged"`
-	Excluded       []string       `json:"excluded,omitempty"`
+	ExcludedFiles  []ExcludedFile `json:"excluded_files,omitempty"`
+	ExcludedBytes  int64          `json:"excluded_bytes,omitempty"`
+	Excluded       []string       `json:"excluded,omitempty"` // older manifests
+	Warnings       []string       `json:"warnings,omitempty"`
 	BytesAllocated int64          `json:"bytes_allocated"`
 	BytesData      int64          `json:"bytes_data"`
 	BytesRead      int64          `json:"bytes_read"`
@@ -87,7 +90,8 @@ func (m *Manifest) View() ManifestView {
 		}
 		v.DiskDetails = append(v.DiskDetails, DiskDetailView{Name: d.Name, Source: d.Source, Identity: d.Identity,
 			Segments: len(d.Segments), SegmentsReused: d.SegmentsReused, Extents: n, Unchanged: d.Unchanged,
-			Excluded: d.Excluded, BytesAllocated: d.BytesAllocated, BytesData: d.BytesData,
+			ExcludedFiles: d.ExcludedFiles, ExcludedBytes: d.ExcludedBytes, Excluded: d.Excluded, Warnings: d.Warnings,
+			BytesAllocated: d.BytesAllocated, BytesData: d.BytesData,
 			BytesRead: d.BytesRead, BytesNew: d.BytesNew, BytesStored: d.BytesStored})
 	}
 	return v

@@ -142,6 +142,7 @@ func TestCLIWorkflow(t *testing.T) {
 	repo := filepath.Join(dir, "repo")
 	env := []string{"VMVAULT_PASSWORD=correct horse"}
 	mustVMV(t, env, "init", "--repo", repo, "--data-shards", "3", "--parity-shards", "1", "--pool", filepath.Join(dir, "p1")+","+filepath.Join(dir, "p2"), "--encrypt")
+	mustVMV(t, nil, "group", "create", "prod", "--repo", repo, "--retention-days", "30")
 	mustVMV(t, env, "backup", "--repo", repo, "--vm", "web01", "--group", "prod", "--pre-hook", "true",
 		filepath.Join(td, testdisks.GPTVHDX), filepath.Join(td, testdisks.NoPartRaw))
 
@@ -212,7 +213,7 @@ func TestCLIWorkflow(t *testing.T) {
 	for _, j := range jobs {
 		kinds += j["kind"].(string) + ":" + j["result"].(string) + " "
 	}
-	if kinds != "backup:ok restore:ok restore:ok check:ok backup:ok restore:ok restore:ok backup:ok " {
+	if kinds != "backup:ok restore:ok restore:ok check:ok backup:ok restore:ok restore:ok backup:ok forget:ok " {
 		t.Errorf("jobs: %s", kinds)
 	}
 }

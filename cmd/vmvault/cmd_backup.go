@@ -32,7 +32,19 @@ chunks everything (only chunks the repository lacks are stored).
 
 --pre-hook/--post-hook run through sh -c (VMVAULT_VM, VMVAULT_VM_GUID and
 VMVAULT_HOOK in the environment); a successful pre-hook makes the recovery
-point application-consistent, otherwise it is crash-consistent.`,
+point application-consistent, otherwise it is crash-consistent.
+
+Page files: the clusters of pagefile.sys, hiberfil.sys and swapfile.sys in
+the root of the guest's NTFS volumes are left out by default (they restore as
+zeros; Windows recreates them at boot). The recovery point lists each file
+left out (rp show); --keep-pagefile backs them up. A volume whose page files
+cannot be mapped safely is backed up whole, with a warning.
+
+--group G adds the VM to protection group G, which must exist (vmvault group
+create); a VM already in another group is refused.`,
+		Example: `  vmvault backup --repo /srv/vmvault --vm web01 /vms/web01/web01.vhdx
+  vmvault backup --repo /srv/vmvault --vm web01 --group prod /vms/web01
+  vmvault backup --repo /srv/vmvault --vm db01 --full --keep-pagefile --pre-hook 'ssh db01 fsfreeze -f /' --post-hook 'ssh db01 fsfreeze -u /' /vms/db01`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.VM == "" {
@@ -63,6 +75,14 @@ point application-consistent, otherwise it is crash-consistent.`,
 				return err
 			}
 			jo.report("backup", o.VM, res.Pointer.ID, start, res.Pointer.BytesRead, nil)
+			// Warnings reach stderr even with -q/--json (otherwise the log
+			// lines printed them already): the recovery point holds data
+			// that was meant to be left out.
+			if o.Logf == nil {
+				for _, w := range res.Warnings {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
+				}
+			}
 			if err := repo.Close(); err != nil {
 				return err
 			}
@@ -74,6 +94,11 @@ point application-consistent, otherwise it is crash-consistent.`,
 			fmt.Fprintf(cmd.OutOrStdout(), "recovery point %s of %s (%s): %d disks, %d config files; read %s, new %s, stored %s in %s (%.1f MiB/s)\n",
 				p.ID, p.VM, p.Consistency, len(p.Disks), p.ConfigFiles, fmtSize(p.BytesRead), fmtSize(p.BytesNew),
 				fmtSize(p.BytesStored), el.Round(time.Millisecond), float64(p.BytesRead)/(1<<20)/max(el.Seconds(), 1e-3))
+			for _, d := range res.Manifest.Disks {
+				for _, f := range d.ExcludedFiles {
+					fmt.Fprintf(cmd.OutOrStdout(), "  %s: left out p%d/%s (%s)\n", d.Name, f.Volume, f.Path, fmtSize(f.BytesExcluded))
+				}
+			}
 			return nil
 		},
 	}
@@ -81,12 +106,12 @@ point application-consistent, otherwise it is crash-consistent.`,
 	jo.registerLimit(cmd)
 	jo.registerNotify(cmd)
 	cmd.Flags().StringVar(&o.VM, "vm", "", "VM name (required)")
-	cmd.Flags().StringVar(&o.Group, "group", "", "protection group")
+	cmd.Flags().StringVar(&o.Group, "group", "", "add the VM to this protection group (must exist: vmvault group create)")
 	cmd.Flags().BoolVar(&o.Full, "full", false, "express full: read and chunk everything")
 	cmd.Flags().StringVar(&o.PreHook, "pre-hook", "", "command run (sh -c) before capture, e.g. a guest freeze")
 	cmd.Flags().StringVar(&o.PostHook, "post-hook", "", "command run (sh -c) after capture, whatever happened")
 	cmd.Flags().BoolVar(&o.RequireAppConsistent, "require-app-consistent", false, "fail when the pre-hook fails")
-	cmd.Flags().BoolVar(&o.ExcludePagefile, "exclude-pagefile", false, "skip pagefile.sys/hiberfil.sys/swapfile.sys data on NTFS volumes (restored as zeros)")
+	cmd.Flags().BoolVar(&o.KeepPagefile, "keep-pagefile", false, "back up pagefile.sys/hiberfil.sys/swapfile.sys data too (by default left out of NTFS volumes, restored as zeros)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the recovery point as JSON")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
 	return cmd

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"path"
 
 	"github.com/spf13/cobra"
 
@@ -104,15 +105,47 @@ func newFilesLsCmd(rf *repoFlags) *cobra.Command {
 // copyout. Symlinks on the way to PATH, and PATH itself when it is one
 // (latest), are followed; symlinks inside the copy are recreated only when
 // they stay inside it.
-func filesCp(ctx context.Context, tree *mount.Tree, p, dest string, skipped func(name, reason string)) (copyout.Stats, error) {
+func filesCp(ctx context.Context, tree *mount.Tree, p, dest string, opts copyout.Options) (copyout.Stats, error) {
 	n, err := tree.Follow(ctx, mount.CleanPath(p), true)
 	if err != nil {
 		return copyout.Stats{}, err
 	}
-	return copyout.Copy(ctx, tree, n.Path(), dest, copyout.Options{Skipped: skipped})
+	return copyout.Copy(ctx, tree, n.Path(), dest, opts)
+}
+
+// treeBytes sums the sizes of the regular files below p (the progress
+// total). Listings are cached by the tree, so the copy does not pay twice.
+func treeBytes(ctx context.Context, tree *mount.Tree, p string) int64 {
+	n, err := tree.Follow(ctx, mount.CleanPath(p), true)
+	if err != nil {
+		return 0
+	}
+	fi, err := n.Stat(ctx)
+	if err != nil || !fi.IsDir() {
+		return max(fi.Size, 0)
+	}
+	var total int64
+	var walk func(dir string)
+	walk = func(dir string) {
+		ents, err := tree.ReadDir(dir)
+		if err != nil || ctx.Err() != nil {
+			return
+		}
+		for _, e := range ents {
+			switch {
+			case e.IsDir():
+				walk(dir + "/" + e.Name)
+			case e.Mode.IsRegular():
+				total += e.Size
+			}
+		}
+	}
+	walk(n.Path())
+	return total
 }
 
 func newFilesCpCmd(rf *repoFlags) *cobra.Command {
+	var quiet bool
 	cmd := &cobra.Command{
 		Use:   "cp PATH DEST",
 		Short: "Copy a file or folder (recursively) out of the recovery tree",
@@ -130,9 +163,17 @@ temporary name and renamed when complete.`,
 			defer closeAll()
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			st, err := filesCp(ctx, tree, args[0], args[1], func(name, reason string) {
-				fmt.Fprintf(cmd.ErrOrStderr(), "skipped %s: %s\n", name, reason)
+			pr := newProgress("copy "+path.Base(mount.CleanPath(args[0])), quiet)
+			total := int64(0)
+			if !quiet {
+				total = treeBytes(ctx, tree, args[0])
+			}
+			var done int64
+			st, err := filesCp(ctx, tree, args[0], args[1], copyout.Options{
+				Progress: func(n int64) { done += n; pr.update(done, total) },
+				Skipped:  func(name, reason string) { pr.logf("skipped %s: %s", name, reason) },
 			})
+			pr.finish()
 			if err != nil {
 				return err
 			}
@@ -141,5 +182,6 @@ temporary name and renamed when complete.`,
 			return nil
 		},
 	}
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
 	return cmd
 }

@@ -19,8 +19,14 @@ func newJobsCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "jobs --repo DIR [--json]",
-		Short: "List backup, restore and check jobs with their result",
-		Args:  cobra.NoArgs,
+		Short: "List backup, restore, check, forget and prune jobs with their result",
+		Long: `List the job records of the repository, oldest first: every backup, restore,
+check, forget and prune (dry runs included, marked in --json) with its
+result. A job still "running" whose process is gone shows as interrupted.
+--json also lists the recovery points a forget removed and any warnings.`,
+		Example: `  vmvault jobs --repo /srv/vmvault
+  vmvault jobs --repo /srv/vmvault --json | jq '.[] | select(.result != "ok")'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := rf.check(); err != nil {
 				return err
@@ -42,8 +48,20 @@ func newJobsCmd() *cobra.Command {
 				if !j.End.IsZero() {
 					dur = j.End.Sub(j.Start).Round(time.Millisecond).String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Start.Format(time.RFC3339), j.Kind, j.VM, j.RP,
-					j.Result, dur, fmtSize(j.BytesRead), fmtSize(j.BytesNew), fmtSize(j.BytesWritten), j.Error)
+				who, result := j.VM, j.Result
+				if who == "" && j.Group != "" {
+					who = "group " + j.Group
+				}
+				switch {
+				case j.Kind == "forget" && j.DryRun:
+					result += fmt.Sprintf(" (dry run), %d would be forgotten", len(j.Forgotten))
+				case j.Kind == "forget":
+					result += fmt.Sprintf(", %d forgotten", len(j.Forgotten))
+				case j.DryRun:
+					result += " (dry run)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Start.Format(time.RFC3339), j.Kind, who, j.RP,
+					result, dur, fmtSize(j.BytesRead), fmtSize(j.BytesNew), fmtSize(j.BytesWritten), j.Error)
 			}
 			return tw.Flush()
 		},

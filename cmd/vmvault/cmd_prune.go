@@ -21,7 +21,10 @@ func newPruneCmd() *cobra.Command {
 		Short: "Delete data no recovery point references any more (after forget)",
 		Long: `Collect the chunks of every remaining recovery point and let the chunk store
 delete packs holding none of them (and repack mostly-dead ones). If any
-manifest cannot be read, nothing is deleted.`,
+manifest cannot be read, nothing is deleted. Every run leaves a job record.`,
+		Example: `  vmvault forget --repo /srv/vmvault --group prod
+  vmvault prune --repo /srv/vmvault --dry-run
+  vmvault prune --repo /srv/vmvault`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			repo, err := rf.open()

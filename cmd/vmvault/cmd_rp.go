@@ -96,7 +96,13 @@ func newRPShowCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show --repo DIR --vm NAME --rp ID|latest [--json]",
 		Short: "Show one recovery point: disks, identity facts, configuration files",
-		Args:  cobra.NoArgs,
+		Long: `Show one recovery point: time, consistency, host and group; per disk its
+identity facts, source, stored data, and the guest files left out (page,
+hibernation and swap files: volume, path, size and bytes not backed up) with
+any warning of the backup; the configuration files with their sha256.`,
+		Example: `  vmvault rp show --repo /srv/vmvault --vm web01
+  vmvault rp show --repo /srv/vmvault --vm web01 --rp 2026-11-26T104233Z --json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if vm == "" {
 				return fmt.Errorf("--vm is required")
@@ -129,6 +135,16 @@ func newRPShowCmd() *cobra.Command {
 					d.Identity.LogicalSectorSize, d.Identity.PhysicalSectorSize, d.Identity.BlockSize)
 				fmt.Fprintf(w, "    source %s; data %s in %d extents, %d segments (%d reused)%s\n",
 					d.Source, fmtSize(d.BytesData), d.Extents, d.Segments, d.SegmentsReused, map[bool]string{true: ", unchanged (not read)"}[d.Unchanged])
+				for _, f := range d.ExcludedFiles {
+					fmt.Fprintf(w, "    left out (restores as zeros): volume p%d %s, file size %s, %s not backed up\n",
+						f.Volume, f.Path, fmtSize(f.Size), fmtSize(f.BytesExcluded))
+				}
+				for _, e := range d.Excluded {
+					fmt.Fprintf(w, "    left out (restores as zeros): %s\n", e)
+				}
+				for _, wr := range d.Warnings {
+					fmt.Fprintf(w, "    warning: %s\n", wr)
+				}
 			}
 			for _, c := range out.Config {
 				fmt.Fprintf(w, "  config %s: %s, sha256 %s\n", c.Name, fmtSize(c.Size), c.SHA256)
