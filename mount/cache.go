@@ -1,0 +1,293 @@
+package mount
+
+import (
+	"container/list"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/vmvault/vmvault/vhdxfs/vdisk"
+)
+
+// blockCache is the bounded LRU of decoded disk data shared by every open
+// file of a tree: .raw, .vhdx, volume.img and guest files all end up reading
+// aligned blocks of some disk through it, so a block decoded for one reader
+// (or by read-ahead) serves all of them. Values are immutable []byte, so a
+// reader may keep using a block after it has been evicted.
+//
+// It is split into shards, each with its own mutex, so concurrent readers of
+// different blocks rarely meet; get-or-compute runs the fill outside the
+// lock and makes concurrent misses on one block wait for a single fill.
+type blockCache struct {
+	blockSize int64
+	nshards   uint64
+	shards    [maxCacheShards]cacheShard
+}
+
+// maxCacheShards bounds the shards; fewer are used when the budget would
+// give a shard room for less than minShardBlocks blocks (a block larger
+// than its shard's budget could never be cached).
+const (
+	maxCacheShards = 16
+	minShardBlocks = 8
+)
+
+type cacheKey struct {
+	disk  uint64 // Tree.cacheID of the disk or file
+	block int64  // block index
+}
+
+type cacheShard struct {
+	mu       sync.Mutex
+	max      int64
+	size     int64
+	ll       list.List
+	m        map[cacheKey]*list.Element
+	inflight map[cacheKey]*cacheFill
+}
+
+type cacheItem struct {
+	k cacheKey
+	v []byte
+}
+
+type cacheFill struct {
+	done chan struct{}
+	v    []byte
+	err  error
+}
+
+func newBlockCache(maxBytes, blockSize int64) *blockCache {
+	n := min(max(maxBytes/(minShardBlocks*blockSize), 1), maxCacheShards)
+	c := &blockCache{blockSize: blockSize, nshards: uint64(n)}
+	per := maxBytes / n
+	for i := range c.shards[:n] {
+		s := &c.shards[i]
+		s.max = per
+		s.m = make(map[cacheKey]*list.Element)
+		s.inflight = make(map[cacheKey]*cacheFill)
+	}
+	return c
+}
+
+func (c *blockCache) shard(k cacheKey) *cacheShard {
+	h := k.disk*0x9E3779B97F4A7C15 ^ uint64(k.block)*0xC2B2AE3D27D4EB4F
+	return &c.shards[(h>>32)%c.nshards]
+}
+
+// get returns the block for k, calling fill at most once for concurrent
+// misses. Failed fills are not cached: a damaged chunk is retried (and
+// reported) on every read.
+func (c *blockCache) get(k cacheKey, fill func() ([]byte, error)) ([]byte, error) {
+	s := c.shard(k)
+	s.mu.Lock()
+	if e, ok := s.m[k]; ok {
+		s.ll.MoveToFront(e)
+		v := e.Value.(*cacheItem).v
+		s.mu.Unlock()
+		return v, nil
+	}
+	if f, ok := s.inflight[k]; ok {
+		s.mu.Unlock()
+		<-f.done
+		return f.v, f.err
+	}
+	f := &cacheFill{done: make(chan struct{})}
+	s.inflight[k] = f
+	s.mu.Unlock()
+
+	f.v, f.err = fill()
+
+	s.mu.Lock()
+	delete(s.inflight, k)
+	if f.err == nil && int64(len(f.v)) <= s.max {
+		s.m[k] = s.ll.PushFront(&cacheItem{k: k, v: f.v})
+		s.size += int64(len(f.v))
+		for s.size > s.max {
+			old := s.ll.Back()
+			it := old.Value.(*cacheItem)
+			s.ll.Remove(old)
+			delete(s.m, it.k)
+			s.size -= int64(len(it.v))
+		}
+	}
+	s.mu.Unlock()
+	close(f.done)
+	return f.v, f.err
+}
+
+// has reports whether k is cached or being filled.
+func (c *blockCache) has(k cacheKey) bool {
+	s := c.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.m[k]
+	_, fl := s.inflight[k]
+	return ok || fl
+}
+
+// cachedDisk is a vdisk.Disk that reads through the shared block cache.
+// Ranges outside the allocation map are zeros by contract and never touch
+// the cache or the source; the allocation table is sorted and immutable, so
+// finding a range is a lock-free binary search.
+type cachedDisk struct {
+	src   vdisk.Disk
+	c     *blockCache
+	id    uint64
+	size  int64
+	alloc []vdisk.Extent
+	// t, when set, enables block read-ahead: entering the block after the
+	// previously entered one fetches the next blocks in the background, in
+	// parallel. That is what hides a source's latency, whoever reads (a
+	// .raw, the .vhdx view, a guest filesystem whose file blocks straddle
+	// disk blocks).
+	t         *Tree
+	lastBlock atomic.Int64
+}
+
+var _ vdisk.Disk = (*cachedDisk)(nil)
+
+func newCachedDisk(src vdisk.Disk, c *blockCache, id uint64) *cachedDisk {
+	d := &cachedDisk{src: src, c: c, id: id, size: src.Size(),
+		alloc: vdisk.NormalizeExtents(src.Allocated(), src.Size())}
+	d.lastBlock.Store(-2)
+	return d
+}
+
+func (d *cachedDisk) Size() int64               { return d.size }
+func (d *cachedDisk) Identity() vdisk.Identity  { return d.src.Identity() }
+func (d *cachedDisk) Allocated() []vdisk.Extent { return d.alloc }
+
+// Close does nothing: the tree owns and closes the source disk.
+func (d *cachedDisk) Close() error { return nil }
+
+// allocated reports whether [off, end) intersects the allocation map.
+func (d *cachedDisk) allocated(off, end int64) bool {
+	i := sort.Search(len(d.alloc), func(i int) bool { return d.alloc[i].End() > off })
+	return i < len(d.alloc) && d.alloc[i].Off < end
+}
+
+// ReadAt follows io.ReaderAt. A block that cannot be filled (a damaged
+// chunk somewhere in it) is not an error by itself: the requested bytes are
+// then read directly, so only reads that really touch the bad range fail.
+func (d *cachedDisk) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("mount: read at negative offset %d", off)
+	}
+	if off >= d.size {
+		return 0, io.EOF
+	}
+	var eof error
+	if rem := d.size - off; int64(len(p)) > rem {
+		p = p[:rem]
+		eof = io.EOF
+	}
+	bs := d.c.blockSize
+	n := 0
+	for n < len(p) {
+		pos := off + int64(n)
+		b := pos / bs
+		bOff := b * bs
+		bEnd := min(bOff+bs, d.size)
+		m := min(int64(len(p)-n), bEnd-pos)
+		dst := p[n : n+int(m)]
+		if !d.allocated(pos, pos+m) {
+			clear(dst)
+			n += int(m)
+			continue
+		}
+		if d.t != nil && d.lastBlock.Swap(b) == b-1 {
+			d.readAhead(b + 1)
+		}
+		blk, err := d.c.get(cacheKey{d.id, b}, func() ([]byte, error) { return d.fill(b) })
+		if err != nil {
+			if err := readFull(d.src, dst, pos); err != nil {
+				return n, err
+			}
+		} else {
+			copy(dst, blk[pos-bOff:])
+		}
+		n += int(m)
+	}
+	return n, eof
+}
+
+// fill reads block b from the source.
+func (d *cachedDisk) fill(b int64) ([]byte, error) {
+	bs := d.c.blockSize
+	bOff := b * bs
+	bEnd := min(bOff+bs, d.size)
+	buf := make([]byte, bEnd-bOff)
+	if !d.allocated(bOff, bEnd) {
+		return buf, nil
+	}
+	if err := readFull(d.src, buf, bOff); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// readAhead fetches up to Options.ReadAhead worth of blocks from b on, in
+// the background, skipping holes and blocks already cached or in flight.
+// It gives up quietly when the tree's prefetch slots are taken: read-ahead
+// must never slow down foreground reads.
+func (d *cachedDisk) readAhead(b int64) {
+	t := d.t
+	if t == nil || t.opts.ReadAhead <= 0 {
+		return
+	}
+	bs := d.c.blockSize
+	n := max(t.opts.ReadAhead/bs, 1)
+	for k := b; k < b+n && k*bs < d.size; k++ {
+		if !d.allocated(k*bs, min(k*bs+bs, d.size)) || d.c.has(cacheKey{d.id, k}) {
+			continue
+		}
+		select {
+		case t.diskSlots <- struct{}{}:
+		default:
+			return
+		}
+		go func(k int64) {
+			defer func() { <-t.diskSlots }()
+			if !t.enter() {
+				return
+			}
+			defer t.leave()
+			// Errors are not cached; the foreground read reports them.
+			d.c.get(cacheKey{d.id, k}, func() ([]byte, error) { return d.fill(k) })
+		}(k)
+	}
+}
+
+// fileDisk presents a file (io.ReaderAt of known size) as a fully
+// allocated disk, so guest and config files can read through the same
+// cache code: the guest filesystem code then runs once per block, not once
+// per kernel read, and read-ahead fills blocks the reader takes as is.
+type fileDisk struct {
+	r    io.ReaderAt
+	size int64
+}
+
+func (f fileDisk) ReadAt(p []byte, off int64) (int, error) { return f.r.ReadAt(p, off) }
+func (f fileDisk) Size() int64                             { return f.size }
+func (f fileDisk) Identity() vdisk.Identity                { return vdisk.Identity{VirtualSize: f.size} }
+func (f fileDisk) Close() error                            { return nil }
+func (f fileDisk) Allocated() []vdisk.Extent {
+	return []vdisk.Extent{{Off: 0, Len: f.size}}
+}
+
+// readFull reads exactly len(p) bytes at off; the caller has clipped p to
+// the source size, so io.EOF with a full buffer is success.
+func readFull(r io.ReaderAt, p []byte, off int64) error {
+	n, err := r.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}

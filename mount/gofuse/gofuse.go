@@ -1,0 +1,316 @@
+//go:build linux
+
+// Package gofuse serves a mount.Tree through go-fuse v2 on Linux. It is a
+// thin adapter in the style of go-fuse's zipfs: one node type wrapping a
+// mount.Node, lazy Lookup/Readdir, FOPEN_KEEP_CACHE and long entry/attr
+// timeouts for everything inside a recovery point (it never changes), short
+// ones for the root, VM directories and latest links (new recovery points
+// appear without a remount). All errno values come from one function, errno.
+package gofuse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os/exec"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/vmvault/vmvault/mount"
+	"github.com/vmvault/vmvault/vhdxfs/guest"
+)
+
+// Kernel cache timeouts. Immutable entries can be cached for long: a
+// recovery point never changes. Volatile ones (root, VM directories,
+// latest) must notice a new recovery point within about a second.
+const (
+	LongTimeout     = time.Hour
+	VolatileTimeout = time.Second
+)
+
+// Options tune Mount.
+type Options struct {
+	AllowOther bool // let other users see the mount (adds default_permissions)
+	Debug      bool // log every FUSE request
+}
+
+// Server is a mounted tree.
+type Server struct {
+	srv *fuse.Server
+	dir string
+}
+
+// Mount mounts t read-only at dir and starts serving it in the background.
+// A mount point that does not exist, is not a directory or is already a
+// mount point gives one clear error.
+func Mount(t *mount.Tree, dir string, o Options) (*Server, error) {
+	abs, err := mount.CheckMountpoint(dir)
+	if err != nil {
+		return nil, err
+	}
+	long := LongTimeout
+	opts := &gofs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:   o.AllowOther,
+			FsName:       "vmvault",
+			Name:         "vmvault",
+			Options:      []string{"ro"},
+			DirectMount:  true, // mount(2) as root, fusermount3 otherwise
+			MaxWrite:     1 << 20,
+			MaxReadAhead: 1 << 20,
+			Debug:        o.Debug,
+		},
+		EntryTimeout:   &long,
+		AttrTimeout:    &long,
+		RootStableAttr: &gofs.StableAttr{Ino: mount.RootIno},
+		// No negative caching: a name that does not exist yet may be the
+		// next recovery point.
+		NullPermissions: true,
+	}
+	if o.AllowOther {
+		// Other users then get the guest's permission bits checked by the
+		// kernel instead of reading everything.
+		opts.MountOptions.Options = append(opts.MountOptions.Options, "default_permissions")
+	}
+	root := &node{n: t.Root()}
+	srv, err := gofs.Mount(abs, root, opts)
+	if err != nil {
+		return nil, fmt.Errorf("mount: %s: %w", abs, err)
+	}
+	return &Server{srv: srv, dir: abs}, nil
+}
+
+// Dir is the absolute mount point.
+func (s *Server) Dir() string { return s.dir }
+
+// Wait blocks until the file system is unmounted and the server stopped.
+func (s *Server) Wait() { s.srv.Wait() }
+
+// Unmount unmounts the file system. When files are still open (EBUSY) it
+// detaches it lazily instead: the mount point is free at once and the
+// server stops when the last open file is closed.
+func (s *Server) Unmount() error {
+	var err error
+	for i := 0; i < 3; i++ {
+		if err = s.srv.Unmount(); err == nil {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if derr := syscall.Unmount(s.dir, syscall.MNT_DETACH); derr == nil {
+		return nil
+	}
+	if lerr := fuseUnmountLazy(s.dir); lerr == nil {
+		return nil
+	}
+	return fmt.Errorf("mount: unmount %s: %w", s.dir, err)
+}
+
+func fuseUnmountLazy(dir string) error {
+	for _, bin := range []string{"fusermount3", "fusermount"} {
+		if p, err := exec.LookPath(bin); err == nil {
+			return exec.Command(p, "-u", "-z", dir).Run()
+		}
+	}
+	return errors.New("no fusermount")
+}
+
+// errno is the one translation of tree errors to FUSE status codes.
+func errno(err error) syscall.Errno {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, fs.ErrNotExist):
+		return syscall.ENOENT
+	case errors.Is(err, mount.ErrNotDir):
+		return syscall.ENOTDIR
+	case errors.Is(err, mount.ErrIsDir):
+		return syscall.EISDIR
+	case errors.Is(err, mount.ErrNotLink), errors.Is(err, fs.ErrInvalid):
+		return syscall.EINVAL
+	case errors.Is(err, mount.ErrReadOnly):
+		return syscall.EROFS
+	case errors.Is(err, mount.ErrNoData):
+		return syscall.ENXIO
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	}
+	return syscall.EIO
+}
+
+// node is the one inode type: a mount.Node plus go-fuse's Inode.
+type node struct {
+	gofs.Inode
+	n *mount.Node
+}
+
+var (
+	_ = (gofs.NodeLookuper)((*node)(nil))
+	_ = (gofs.NodeReaddirer)((*node)(nil))
+	_ = (gofs.NodeGetattrer)((*node)(nil))
+	_ = (gofs.NodeOpener)((*node)(nil))
+	_ = (gofs.NodeReader)((*node)(nil))
+	_ = (gofs.NodeReleaser)((*node)(nil))
+	_ = (gofs.NodeReadlinker)((*node)(nil))
+	_ = (gofs.NodeStatfser)((*node)(nil))
+	_ = (gofs.NodeLseeker)((*node)(nil))
+)
+
+func timeout(n *mount.Node) time.Duration {
+	if n.Volatile() {
+		return VolatileTimeout
+	}
+	return LongTimeout
+}
+
+// fillAttr converts attributes. st_blocks counts the bytes that may hold
+// data where the node knows them (.raw, volume.img), so du and cp --sparse
+// see the disk's real size.
+func fillAttr(n *mount.Node, fi guest.FileInfo, a *fuse.Attr) {
+	a.Ino = fi.Ino
+	a.Mode = mount.UnixMode(fi.Mode)
+	a.Size = uint64(max(fi.Size, 0))
+	a.Blocks = (a.Size + 511) / 512
+	if alloc, ok := n.AllocatedBytes(); ok {
+		a.Blocks = uint64(alloc+511) / 512
+	}
+	a.Blksize = 4096
+	a.Nlink = max(fi.Nlink, 1)
+	a.Uid, a.Gid = fi.Uid, fi.Gid
+	mt := fi.ModTime
+	if mt.Unix() < 0 {
+		mt = time.Unix(0, 0)
+	}
+	a.SetTimes(&mt, &mt, &mt)
+}
+
+func (x *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	c, err := x.n.Lookup(ctx, name)
+	if err != nil {
+		return nil, errno(err)
+	}
+	fi, err := c.Stat(ctx)
+	if err != nil {
+		return nil, errno(err)
+	}
+	fillAttr(c, fi, &out.Attr)
+	out.SetEntryTimeout(timeout(c))
+	out.SetAttrTimeout(timeout(c))
+	st := gofs.StableAttr{Mode: mount.UnixMode(fi.Mode) & syscall.S_IFMT, Ino: c.Ino()}
+	return x.NewInode(ctx, &node{n: c}, st), 0
+}
+
+func (x *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	kids, err := x.n.ReadDir(ctx)
+	if err != nil {
+		return nil, errno(err)
+	}
+	// "." and ".." as a local filesystem lists them (ls -a, tools that
+	// count entries).
+	parentIno := x.n.Ino()
+	if _, p := x.Parent(); p != nil {
+		parentIno = p.StableAttr().Ino
+	}
+	ents := make([]fuse.DirEntry, 0, len(kids)+2)
+	ents = append(ents,
+		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: x.n.Ino()},
+		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parentIno})
+	for _, k := range kids {
+		ents = append(ents, fuse.DirEntry{Name: k.Name(), Mode: mount.UnixMode(k.Mode()), Ino: k.Ino()})
+	}
+	return gofs.NewListDirStream(ents), 0
+}
+
+func (x *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	fi, err := x.n.Stat(ctx)
+	if err != nil {
+		return errno(err)
+	}
+	fillAttr(x.n, fi, &out.Attr)
+	out.SetTimeout(timeout(x.n))
+	return 0
+}
+
+func (x *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	t, err := x.n.Readlink(ctx)
+	if err != nil {
+		return nil, errno(err)
+	}
+	return []byte(t), 0
+}
+
+func (x *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	out.Bsize = 4096
+	out.Frsize = 4096
+	out.NameLen = 255
+	return 0
+}
+
+// handle is an open file.
+type handle struct{ h *mount.Handle }
+
+func (x *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	h, err := x.n.Open(ctx)
+	if err != nil {
+		return nil, 0, errno(err)
+	}
+	// The bytes of a file never change, so the page cache survives
+	// close/open.
+	return &handle{h}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (x *node) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	fh, ok := f.(*handle)
+	if !ok {
+		return nil, syscall.EBADF
+	}
+	n, err := fh.h.ReadAt(dest, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, errno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// Lseek answers SEEK_DATA/SEEK_HOLE from the allocation map, so sparse
+// copies of a .raw skip its holes without reading them.
+func (x *node) Lseek(ctx context.Context, f gofs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	fh, ok := f.(*handle)
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	var r int64
+	var err error
+	switch whence {
+	case seekData:
+		r, err = fh.h.SeekData(int64(off))
+	case seekHole:
+		r, err = fh.h.SeekHole(int64(off))
+	default:
+		return 0, syscall.EINVAL
+	}
+	if err != nil {
+		return 0, errno(err)
+	}
+	return uint64(r), 0
+}
+
+// lseek whence values (unix.SEEK_DATA/SEEK_HOLE; not in package syscall).
+const (
+	seekData = 3
+	seekHole = 4
+)
+
+func (x *node) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno {
+	if fh, ok := f.(*handle); ok {
+		return errno(fh.h.Close())
+	}
+	return 0
+}

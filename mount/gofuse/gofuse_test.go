@@ -1,0 +1,86 @@
+//go:build linux
+
+package gofuse
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmvault/vmvault/internal/testdisks"
+	"github.com/vmvault/vmvault/internal/testenv"
+	"github.com/vmvault/vmvault/mount"
+	"github.com/vmvault/vmvault/mount/internal/fusetest"
+	"github.com/vmvault/vmvault/vhdxfs"
+	"github.com/vmvault/vmvault/vhdxfs/vdisk"
+)
+
+func mountGoFuse(t testing.TB, tree *mount.Tree, dir string) (fusetest.Mounted, error) {
+	return Mount(tree, dir, Options{})
+}
+
+// TestSuite runs the adapter conformance suite on a real go-fuse mount.
+func TestSuite(t *testing.T) { fusetest.Run(t, mountGoFuse) }
+
+// TestEngine runs the oracle checks on a go-fuse mount of a real repository.
+func TestEngine(t *testing.T) { fusetest.RunEngine(t, mountGoFuse) }
+
+// TestSparse: SEEK_DATA/SEEK_HOLE and st_blocks of a mounted .raw follow
+// its allocation map, and a sparse copy equals the source.
+func TestSparse(t *testing.T) {
+	repo := fusetest.NewRepo(t)
+	mnt, _, _ := fusetest.MountTree(t, mountGoFuse, mount.DirSource{Root: repo.Root}, mount.Options{})
+	p := filepath.Join(mnt, fusetest.VM1, fusetest.VM1RP1, "disks", "gpt.raw")
+	d, err := vhdxfs.Open(filepath.Join(repo.Dir, testdisks.GPTVHDX))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alloc := vdisk.NormalizeExtents(d.Allocated(), d.Size())
+	d.Close()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if want := (vdisk.AllocatedBytes(alloc) + 511) / 512; st.Blocks != want {
+		t.Errorf("st_blocks %d, want %d", st.Blocks, want)
+	}
+	var vst syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(mnt, fusetest.VM1, fusetest.VM1RP1, "disks", "gpt.vhdx"), &vst); err != nil || vst.Blocks != (vst.Size+511)/512 {
+		t.Errorf("gpt.vhdx: st_blocks %d for %d bytes (%v): the VHDX view is all data", vst.Blocks, vst.Size, err)
+	}
+	// Walk the data ranges with lseek: they must be exactly the map.
+	var got []vdisk.Extent
+	for off := int64(0); ; {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			break // ENXIO: no more data
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, vdisk.Extent{Off: data, Len: hole - data})
+		off = hole
+	}
+	if fmt.Sprint(got) != fmt.Sprint(alloc) {
+		t.Errorf("lseek map %v, want %v", got, alloc)
+	}
+	testenv.NeedTools(t, "cp", "cmp")
+	dst := filepath.Join(t.TempDir(), "gpt.raw")
+	if out, err := exec.Command("cp", "--sparse=always", p, dst).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	if out, err := exec.Command("cmp", dst, filepath.Join(repo.Dir, testdisks.GPTRaw)).CombinedOutput(); err != nil {
+		t.Errorf("sparse copy differs: %v %s", err, out)
+	}
+}
