@@ -28,12 +28,14 @@ const configName = "config"
 const (
 	// Chunk sizes, chosen by BenchmarkChunkParams on 256 MB of /usr data
 	// with ~3% of 4 KiB blocks overwritten in 32 KiB runs (a VM disk's
-	// churn between backups): a second backup stored 167 MiB anew with
-	// restic's 512K/1M/8M, 95 MiB with 128K/256K/2M and 40 MiB with
-	// 32K/64K/256K, at the same CPU cost per byte. Disk churn is scattered
-	// in-place writes, so smaller chunks pay; 256 KiB average keeps the
-	// index at ~350k entries (~35 MB) per 100 GB of unique data. The 64 KiB
-	// frames (below) keep random reads cheap whatever the chunk size.
+	// churn between backups): the second backup stored 172 MiB of raw data
+	// anew with restic's 512K/1M/8M, 86 MiB with 64K/256K/2M and 39 MiB
+	// with 32K/64K/256K, at about the same CPU cost per byte (99-105
+	// MB/cpu-s). Disk churn is scattered in-place writes, so smaller chunks
+	// pay; 256 KiB average keeps the index at ~5k entries per GB (~50 MB of
+	// Badger per 100 GB of unique data) and per-chunk costs (Has round
+	// trips, trailer entries) low. The 64 KiB frames (below) keep random
+	// reads cheap whatever the chunk size.
 	DefaultChunkMin = 64 << 10
 	DefaultChunkAvg = 256 << 10
 	DefaultChunkMax = 2 << 20

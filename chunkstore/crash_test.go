@@ -107,6 +107,9 @@ func TestCrash(t *testing.T) {
 	}
 	r := rand.New(rand.NewPCG(42, 43))
 	killedMidway := 0
+	// Kill within the time a whole helper run takes on this machine (it
+	// varies with load): start with a guess, shrink when a run finishes.
+	window := 600 * time.Millisecond
 	for run := range runs {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.count=1")
 		cmd.Env = append(os.Environ(), "VMVAULT_CRASH_DIR="+dir, "VMVAULT_CRASH_DATA="+dataFile,
@@ -134,12 +137,15 @@ func TestCrash(t *testing.T) {
 				}
 			}
 		}()
-		time.Sleep(time.Duration(20+r.IntN(500)) * time.Millisecond)
+		t0 := time.Now()
+		time.Sleep(time.Duration(r.Int64N(int64(window))))
 		cmd.Process.Signal(syscall.SIGKILL)
 		<-lines
 		cmd.Wait()
 		if !done {
 			killedMidway++
+		} else {
+			window = time.Since(t0) * 8 / 10
 		}
 
 		s := openT(t, dir, OpenOptions{Password: pw, Logf: func(string, ...any) {}})

@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/bits"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -202,8 +203,9 @@ type codec struct {
 	shift     byte
 	zenc      *zstd.Encoder // nil: never compress
 	zdec      *zstd.Decoder
-	aead      cipher.AEAD // nil: unencrypted
-	scratch   sync.Pool   // *[]byte of frameSize+sealOverhead
+	aead      cipher.AEAD  // nil: unencrypted
+	scratch   sync.Pool    // *[]byte of frameSize+sealOverhead
+	decoded   atomic.Int64 // frames decoded (tests check single-flight)
 }
 
 func newCodec(frameSize int, zstdLevel int, aead cipher.AEAD, concurrency int) (*codec, error) {
@@ -330,6 +332,7 @@ func (c *codec) encode(dst []byte, id ID, data []byte, work *[]byte) ([]byte, en
 // decodeFrame decodes frame i of a blob whose table is t from its stored
 // bytes into dst (len(dst) == t.rawFrameLen(i)).
 func (c *codec) decodeFrame(dst []byte, id ID, t *frameTable, i int, stored []byte) error {
+	c.decoded.Add(1)
 	f := t.frames[i]
 	if len(stored) != f.stored || len(dst) != t.rawFrameLen(i) {
 		return fmt.Errorf("chunkstore: chunk %s frame %d: %w: length mismatch", id, i, ErrCorrupt)

@@ -175,6 +175,7 @@ func (s *Store) GC(ctx context.Context, live func(ID) bool, opts GCOptions) (GCR
 		} else {
 			rep.FreedBytes += freed
 		}
+		testHookGCDropped(id)
 		if err := s.deletePackShards(ctx, id); err != nil {
 			return rep, err
 		}
@@ -227,6 +228,10 @@ func (s *Store) dropIfUntouched(id PackID, ids []ID, locs []location, live func(
 	}
 	return freed, true, nil
 }
+
+// testHookGCDropped lets the crash test widen the window between dropping
+// a pack from the index and deleting its shards.
+var testHookGCDropped = func(PackID) {}
 
 // touch records a dedup hit while a GC runs (see above). Callers hold gcMu
 // for reading.

@@ -9,7 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // TestRoundTrip: random and OS-like data in, the same bytes out (Get of
@@ -194,5 +196,100 @@ func TestWrongPasswordAndVersion(t *testing.T) {
 	}
 	if err := Init(dir, testInit(InitOptions{})); err == nil {
 		t.Fatal("init over an existing repository succeeded")
+	}
+}
+
+// TestSingleFlight: concurrent readers of the same cold chunk decode each
+// frame once; a cached frame is not decoded again.
+func TestSingleFlight(t *testing.T) {
+	dir := newRepo(t, 1, InitOptions{DataShards: 1, NoParity: true, ChunkMin: 1 << 20, ChunkAvg: 2 << 20, ChunkMax: 4 << 20})
+	s := openT(t, dir, OpenOptions{})
+	defer s.Close()
+	data := osLike(t, 8<<20)
+	refs, _ := ingestAll(t, s, data)
+	ref := refs[0]
+	nf := numFrames(int64(ref.Length), s.cfg.FrameSize)
+	ctx := context.Background()
+	before := s.codec.decoded.Load()
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := make([]byte, ref.Length)
+			if n, err := s.GetRange(ctx, ref.ID, 0, p); err != nil || n != ref.Length || !bytes.Equal(p, data[:ref.Length]) {
+				t.Errorf("reader %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := s.codec.decoded.Load() - before; got != int64(nf) {
+		t.Fatalf("16 concurrent readers decoded %d frames, chunk has %d", got, nf)
+	}
+	p := make([]byte, 4096)
+	if _, err := s.GetRange(ctx, ref.ID, 70000, p); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.codec.decoded.Load() - before; got != int64(nf) {
+		t.Fatalf("cached frame decoded again (%d decodes)", got)
+	}
+	// Whole-chunk Gets of another chunk, concurrently: each frame once. The
+	// leader is held in loadFrames until the others queued behind it.
+	ref = refs[1]
+	nf = numFrames(int64(ref.Length), s.cfg.FrameSize)
+	before = s.codec.decoded.Load()
+	testHookLoadFrames = func() { time.Sleep(300 * time.Millisecond) }
+	defer func() { testHookLoadFrames = func() {} }()
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got, err := s.Get(ctx, ref.ID); err != nil || !bytes.Equal(got, data[ref.Offset:ref.Offset+int64(ref.Length)]) {
+				t.Errorf("get: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := s.codec.decoded.Load() - before; got != int64(nf) {
+		t.Fatalf("8 concurrent Gets decoded %d frames, chunk has %d", got, nf)
+	}
+}
+
+// cancelReader cancels its context once more than after bytes were read.
+type cancelReader struct {
+	r      *bytes.Reader
+	after  int
+	cancel context.CancelFunc
+	n      int
+}
+
+func (c *cancelReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	if c.n > c.after {
+		c.cancel()
+	}
+	return n, err
+}
+
+// TestIngestCancel: a cancelled ingest returns the context's error, and the
+// store stays usable (what was appended is flushed normally).
+func TestIngestCancel(t *testing.T) {
+	dir := newRepo(t, 1, InitOptions{DataShards: 2, ParityShards: 1})
+	s := openT(t, dir, OpenOptions{})
+	defer s.Close()
+	data := osLike(t, 32<<20)
+	ctx, cancel := context.WithCancel(context.Background())
+	_, err := s.Ingest(ctx, &cancelReader{r: bytes.NewReader(data), after: 8 << 20, cancel: cancel}, nil)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled ingest: %v", err)
+	}
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	refs, _ := ingestAll(t, s, data)
+	verifyRefs(t, s, data, refs)
+	if rep, err := s.Check(context.Background(), false); err != nil || !rep.OK() {
+		t.Fatalf("check: %v %s", err, rep)
 	}
 }
