@@ -53,7 +53,7 @@ type BackupOptions struct {
 	// block to hold a bandwidth budget (throttle.Limiter.WaitN fits).
 	Limit func(ctx context.Context, n int) error
 	// Workers is the number of segments processed at once (default
-	// max(2, GOMAXPROCS): one reads while the other chunks).
+	// max(2, GOMAXPROCS+1): while one waits for a read the others chunk).
 	Workers int
 	// now is the clock (tests).
 	now func() time.Time
@@ -68,6 +68,8 @@ type BackupResult struct {
 	// page files could not be mapped, so they were backed up after all).
 	// They are in Manifest.Warnings and the job record too.
 	Warnings []string
+	// Stages says where the time went (not stored in the manifest).
+	Stages BackupStages
 }
 
 func (o *BackupOptions) logf(format string, args ...any) {
@@ -97,6 +99,8 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 	if now == nil {
 		now = time.Now
 	}
+	wallStart := time.Now()
+	var stages BackupStages
 	start := now().UTC().Truncate(time.Second)
 	if o.Group != "" {
 		if _, err := r.Group(o.Group); err != nil {
@@ -188,11 +192,37 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 		prev *DiskManifest
 	}
 	var work []todo
-	for _, od := range disks {
+	// A previous disk matched by name or disk ID is taken; the disks left
+	// unmatched on both sides are paired by virtual size below (a disk
+	// copied or converted to a new file, with a new name and disk ID).
+	// Any pairing is safe: reuse is decided by content hashes.
+	pds := make([]*DiskManifest, len(disks))
+	claimed := map[*DiskManifest]bool{}
+	for i, od := range disks {
 		pd := prevDisks[od.name]
 		if pd == nil && prev != nil {
 			pd = matchByDiskID(prev, od.disk.Identity())
 		}
+		if pd != nil {
+			pds[i] = pd
+			claimed[pd] = true
+		}
+	}
+	for i, od := range disks {
+		if pds[i] != nil || prev == nil {
+			continue
+		}
+		for j := range prev.Disks {
+			if pd := &prev.Disks[j]; !claimed[pd] && pd.Identity.VirtualSize == od.disk.Size() && pd.SegmentSize == SegmentSize {
+				pds[i] = pd
+				claimed[pd] = true
+				o.logf("%s: no previous disk of that name or disk ID; comparing with %s of the same size", od.name, pd.Name)
+				break
+			}
+		}
+	}
+	for i, od := range disks {
+		pd := pds[i]
 		// A disk whose page files were left out last time must be read
 		// when they are wanted now: its stored extents lack them.
 		if pd != nil && unchanged(pd, od) && !(o.KeepPagefile && pd.excludedSomething()) {
@@ -203,7 +233,7 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 			if ok {
 				dm := *pd
 				dm.Name, dm.Source, dm.RelDir, dm.SourceFiles = od.name, od.path, od.relDir, od.files
-				dm.BytesRead, dm.BytesNew, dm.BytesStored = 0, 0, 0
+				dm.BytesRead, dm.BytesNew, dm.BytesStored, dm.BytesChunked = 0, 0, 0, 0
 				dm.Unchanged, dm.SegmentsReused = true, len(dm.Segments)
 				m.Disks = append(m.Disks, dm)
 				o.logf("%s: unchanged since %s, not read", od.name, prev.ID)
@@ -226,10 +256,17 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 	}
 	workers := o.Workers
 	if workers <= 0 {
-		workers = max(2, runtime.GOMAXPROCS(0))
+		// One more than the cores: a worker waiting for a source read
+		// (page-cache miss) leaves the others enough to keep every core
+		// busy.
+		workers = max(2, runtime.GOMAXPROCS(0)+1)
 	}
+	stages.Workers = workers
+	clock := &stageClock{}
+	disksStart := time.Now()
+	stages.Plan = disksStart.Sub(wallStart)
 	for _, w := range work {
-		dm, err := r.backupDisk(ctx, w.od, w.prev, workers, onRead, !o.KeepPagefile, o.Limit)
+		dm, err := r.backupDisk(ctx, w.od, w.prev, workers, onRead, !o.KeepPagefile, o.Limit, clock)
 		if err != nil {
 			return nil, err
 		}
@@ -240,9 +277,16 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 			o.logf("%s: left out p%d/%s (%s of %s file)", dm.Name, f.Volume, f.Path, fmtBytes(f.BytesExcluded), fmtBytes(f.Size))
 		}
 		m.Warnings = append(m.Warnings, dm.Warnings...)
+		stages.BytesRead += dm.BytesRead
+		stages.BytesData += dm.BytesData
+		stages.BytesChunked += dm.BytesChunked
+		stages.SegmentsReused += dm.SegmentsReused
+		stages.Segments += len(dm.Segments)
 		o.logf("%s: read %s, new %s, %d of %d segments reused", dm.Name, fmtBytes(dm.BytesRead), fmtBytes(dm.BytesNew), dm.SegmentsReused, len(dm.Segments))
 		m.Disks = append(m.Disks, *dm)
 	}
+	stages.Disks = time.Since(disksStart)
+	clock.fill(&stages)
 	for _, pc := range plan.configs {
 		cf, st, err := r.backupConfig(ctx, pc)
 		if err != nil {
@@ -262,9 +306,12 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 		m.BytesNew += d.BytesNew
 		m.BytesStored += d.BytesStored
 	}
+	flushStart := time.Now()
 	if err := r.store.Flush(ctx); err != nil {
 		return nil, fmt.Errorf("engine: backup: flush data: %w", err)
 	}
+	commitStart := time.Now()
+	stages.Flush = commitStart.Sub(flushStart)
 	m.EndTime = now().UTC()
 
 	// The manifest is stored as chunks; its ID is fixed at commit, so the
@@ -286,7 +333,9 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 		return nil, fmt.Errorf("engine: backup: commit recovery point: %w", err)
 	}
 	m.ID = p.ID
-	return &BackupResult{Pointer: p, Manifest: m, Duration: time.Since(start), Warnings: m.Warnings}, nil
+	stages.Commit = time.Since(commitStart)
+	stages.Wall = time.Since(wallStart)
+	return &BackupResult{Pointer: p, Manifest: m, Duration: time.Since(start), Warnings: m.Warnings, Stages: stages}, nil
 }
 
 // resolveVM finds or creates the VM record: by the GUID of its .vmcx when
@@ -387,13 +436,15 @@ func flatExtents(d *DiskManifest) []Extent {
 // backupDisk reads a disk's allocated ranges segment by segment, workers
 // segments at a time, and returns its manifest entry. Segments whose hash
 // equals the previous backup's reuse its extents without chunking.
-func (r *Repo) backupDisk(ctx context.Context, od *openDisk, prev *DiskManifest, workers int, onRead func(int64), excludePagefile bool, limit func(context.Context, int) error) (*DiskManifest, error) {
+func (r *Repo) backupDisk(ctx context.Context, od *openDisk, prev *DiskManifest, workers int, onRead func(int64), excludePagefile bool, limit func(context.Context, int) error, clock *stageClock) (*DiskManifest, error) {
 	id := od.disk.Identity()
 	alloc := vdisk.NormalizeExtents(od.disk.Allocated(), od.disk.Size())
 	dm := &DiskManifest{Name: od.name, Source: od.path, SourceFiles: od.files, RelDir: od.relDir,
 		Identity: id, SegmentSize: SegmentSize, BytesAllocated: vdisk.AllocatedBytes(alloc)}
 	if excludePagefile {
+		t := time.Now()
 		alloc = excludePageFiles(od.disk, alloc, dm)
+		since(&clock.plan, t)
 	}
 	prevSeg := map[int64]*Segment{}
 	if prev != nil && prev.SegmentSize == SegmentSize {
@@ -417,7 +468,7 @@ func (r *Repo) backupDisk(ctx context.Context, od *openDisk, prev *DiskManifest,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := newSegWorker(r.store)
+			w := newSegWorker(r.store, clock)
 			w.limit = limit
 			for {
 				i := int(next.Add(1) - 1)

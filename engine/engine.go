@@ -24,13 +24,13 @@
 //
 // Backup (backup.go, segment.go): a disk's allocated ranges are cut into
 // aligned 16 MiB segments of virtual offset, processed by two or more
-// workers at once. Per segment: read, drop all-zero 64 KiB blocks, hash
-// (keyed BLAKE3 of where the non-zero data is and what it is), then
-//   - same hash as the previous recovery point's segment: reuse its
-//     extents, no chunking;
-//   - otherwise keep the previous chunks that still match the start of
-//     the segment (verified by their IDs) and chunk only from the first
-//     changed one; dedup keeps unchanged chunks after it free.
+// workers at once. Per segment: read, drop all-zero 64 KiB blocks, then
+// walk the previous recovery point's chunks of that segment: each one
+// whose bytes still hash (keyed BLAKE3) to its ID at the same place is
+// kept without chunking or compression; from the first one that differs
+// the data is chunked until a cut falls on an old chunk boundary again,
+// and only that stretch goes to the chunkstore (the result equals a full
+// re-chunk). A segment whose chunks all match is "reused".
 //
 // A disk whose identity (DataWriteGuid), size and file mtimes are
 // unchanged is not read at all. --full skips all reuse.

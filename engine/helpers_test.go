@@ -15,8 +15,6 @@ import (
 	"github.com/vmvault/vmvault/internal/testenv"
 )
 
-// samplesDir holds the real Hyper-V files (never copied into the project).
-const samplesDir = "../../shared/samples/hyperv"
 
 // newRepo creates a repository with cheap parameters (small KDF, 2+1
 // shards) and opens it; it is closed at cleanup.
@@ -69,7 +67,7 @@ func runTool(t testing.TB, name string, args ...string) string {
 // gunzipSample unpacks a Hyper-V sample into dir, or skips without it.
 func gunzipSample(t testing.TB, name, dir string) string {
 	t.Helper()
-	src := filepath.Join(samplesDir, name+".gz")
+	src := filepath.Join(testenv.HyperVSamples(t), name+".gz")
 	f, err := os.Open(src)
 	if err != nil {
 		testenv.Skip(t, "Hyper-V sample missing: "+src)

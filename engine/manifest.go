@@ -65,9 +65,11 @@ type Extent struct {
 func (e Extent) End() int64 { return e.Off + e.Len }
 
 // Segment is one SegmentSize-aligned piece of a disk's virtual space that
-// held non-zero data. Hash (keyed BLAKE3 of the segment's non-zero ranges
-// and their bytes) lets the next backup reuse Extents without chunking
-// when the bytes did not change.
+// held non-zero data. Hash is the keyed BLAKE3 of its extents (offsets,
+// lengths, chunk IDs), so equal hashes mean equal content. (Recovery points
+// before 2026-11-26 hashed the bytes instead; nothing compares hashes of
+// two backups any more: the next backup reuses Extents by verifying each
+// chunk's bytes against its ID, which works with either kind.)
 type Segment struct {
 	Off     int64    `json:"off"`
 	Hash    string   `json:"hash"`

@@ -7,8 +7,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
 	"sync/atomic"
 
+	"github.com/vmvault/vmvault/vhdxfs/vdisk"
 	"github.com/vmvault/vmvault/vhdxfs/vhdx"
 )
 
@@ -137,7 +141,11 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 		dr := newDiskReader(r.store, d)
 		if f == "vhdx" {
 			items = append(items, restoreItem{final: final, write: func(ctx context.Context, tmp string) error {
-				return vhdx.WriteFile(ctx, tmp, dr.Identity(), &countingReader{ctx: ctx, r: dr, add: progress}, dr.Allocated(), vhdx.SynthOptions{})
+				// The synthesizer reads the source in order, 8 MiB at a
+				// time: split each read over the workers so decoding
+				// uses every core.
+				src := &parallelReader{r: &countingReader{ctx: ctx, r: dr, add: progress}, workers: restoreWorkers(), piece: restorePiece}
+				return vhdx.WriteFile(ctx, tmp, dr.Identity(), src, dr.Allocated(), vhdx.SynthOptions{})
 			}})
 		} else {
 			items = append(items, restoreItem{final: final, write: func(ctx context.Context, tmp string) error {
@@ -235,10 +243,8 @@ func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
 // storedIn counts the bytes of [off, off+n) covered by extents.
 func storedIn(ext []Extent, off, n int64) int64 {
 	var s int64
-	for _, e := range ext {
-		if e.End() <= off {
-			continue
-		}
+	i := sort.Search(len(ext), func(i int) bool { return ext[i].End() > off })
+	for _, e := range ext[i:] {
 		if e.Off >= off+n {
 			break
 		}
@@ -247,9 +253,71 @@ func storedIn(ext []Extent, off, n int64) int64 {
 	return s
 }
 
+// restorePiece is the unit of parallel restore reads: 1 MiB holds a few
+// chunks (256 KiB average), so pieces rarely share a chunk.
+const restorePiece = 1 << 20
+
+// restoreWindow is what one raw-restore worker reads and writes at a time.
+const restoreWindow = 8 << 20
+
+// restoreWorkers is the number of chunks decoded at once in a restore.
+func restoreWorkers() int { return max(2, runtime.GOMAXPROCS(0)) }
+
+// parallelReader splits large reads into pieces read concurrently.
+type parallelReader struct {
+	r       io.ReaderAt
+	workers int
+	piece   int64
+}
+
+func (p *parallelReader) ReadAt(b []byte, off int64) (int, error) {
+	if int64(len(b)) <= p.piece || p.workers < 2 {
+		return p.r.ReadAt(b, off)
+	}
+	type piece struct {
+		b   []byte
+		off int64
+	}
+	var pieces []piece
+	for i := int64(0); i < int64(len(b)); {
+		// Piece ends on piece-aligned offsets (chunk-friendly).
+		end := min(int64(len(b)), (off+i)/p.piece*p.piece+p.piece-off)
+		pieces = append(pieces, piece{b[i:end], off + i})
+		i = end
+	}
+	ns := make([]int, len(pieces))
+	errs := make([]error, len(pieces))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(p.workers, len(pieces)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(pieces) {
+					return
+				}
+				ns[i], errs[i] = p.r.ReadAt(pieces[i].b, pieces[i].off)
+			}
+		}()
+	}
+	wg.Wait()
+	// Like one ReadAt: the bytes up to the first short piece, and its error.
+	n := 0
+	for i := range pieces {
+		n += ns[i]
+		if errs[i] != nil || ns[i] < len(pieces[i].b) {
+			return n, errs[i]
+		}
+	}
+	return n, nil
+}
+
 // writeRawFile writes a disk as a sparse flat image: only stored extents
-// are written (in up to 8 MiB pieces, zero 64 KiB blocks skipped), the size
-// is set by truncate, then fsync. The caller renames it into place.
+// are read, by several workers at once in 8 MiB windows; all-zero 64 KiB
+// blocks are not written (holes); the size is set by truncate, then
+// fsync. The caller renames it into place.
 func writeRawFile(ctx context.Context, path string, d *DiskReader, progress func(context.Context, int64) error) (err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
@@ -263,32 +331,91 @@ func writeRawFile(ctx context.Context, path string, d *DiskReader, progress func
 			os.Remove(path)
 		}
 	}()
-	buf := make([]byte, 8<<20)
+	var wins []vdisk.Extent
 	for _, e := range d.Allocated() {
 		for off := e.Off; off < e.End(); {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			n := min(int64(len(buf)), e.End()-off)
-			b := buf[:n]
-			if _, err := d.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
-				return err
-			}
-			if !isZero(b) {
-				if _, err := f.WriteAt(b, off); err != nil {
-					return err
-				}
-			}
-			if err := progress(ctx, n); err != nil {
-				return err
-			}
+			n := min(restoreWindow-off%restoreWindow, e.End()-off)
+			wins = append(wins, vdisk.Extent{Off: off, Len: n})
 			off += n
 		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	fail := func(e error) { errOnce.Do(func() { firstErr = e; cancel() }) }
+	for range min(restoreWorkers(), max(1, len(wins))) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, restoreWindow)
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(wins) || ctx.Err() != nil {
+					return
+				}
+				w := wins[i]
+				b := buf[:w.Len]
+				if _, err := d.ReadAt(b, w.Off); err != nil && !errors.Is(err, io.EOF) {
+					fail(err)
+					return
+				}
+				if err := writeNonZero(f, b, w.Off); err != nil {
+					fail(err)
+					return
+				}
+				if err := progress(ctx, w.Len); err != nil {
+					fail(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if err := f.Truncate(d.Size()); err != nil {
 		return err
 	}
 	return f.Sync()
+}
+
+// writeNonZero writes b at off except its all-zero 64 KiB blocks (of
+// virtual offset), in as few writes as the non-zero runs allow.
+func writeNonZero(f *os.File, b []byte, off int64) error {
+	for i := int64(0); i < int64(len(b)); {
+		// Skip zero blocks.
+		for i < int64(len(b)) {
+			end := min(int64(len(b)), (off+i)/zeroBlock*zeroBlock+zeroBlock-off)
+			if !isZero(b[i:end]) {
+				break
+			}
+			i = end
+		}
+		j := i
+		for j < int64(len(b)) {
+			end := min(int64(len(b)), (off+j)/zeroBlock*zeroBlock+zeroBlock-off)
+			if isZero(b[j:end]) {
+				break
+			}
+			j = end
+		}
+		if j > i {
+			if _, err := f.WriteAt(b[i:j], off+i); err != nil {
+				return err
+			}
+		}
+		i = j
+	}
+	return nil
 }
 
 // writeStreamFile writes a configuration file and fsyncs it.

@@ -8,7 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
+	"strconv"
+	"time"
 
+	"github.com/restic/chunker"
 	"github.com/zeebo/blake3"
 
 	"github.com/vmvault/vmvault/chunkstore"
@@ -53,15 +57,30 @@ type segWorker struct {
 	runs    []run
 	scratch [16]byte
 	limit   func(context.Context, int) error
+	clock   *stageClock
+
+	// The repository's chunker (boundary search in changed segments).
+	ch         *chunker.Chunker
+	cbuf       []byte
+	pol        chunker.Pol
+	cmin, cmax uint
+	avgBits    int
 }
 
-func newSegWorker(st *chunkstore.Store) *segWorker {
+func newSegWorker(st *chunkstore.Store, clock *stageClock) *segWorker {
 	key := st.IDKey()
 	h, err := blake3.NewKeyed(key[:])
 	if err != nil {
 		panic(err) // key is always 32 bytes
 	}
-	return &segWorker{st: st, buf: make([]byte, SegmentSize), hasher: h}
+	if clock == nil {
+		clock = &stageClock{}
+	}
+	cp := st.Config().Chunker
+	pol, _ := strconv.ParseUint(cp.Polynomial, 16, 64) // validated by chunkstore.Open
+	w := &segWorker{st: st, buf: make([]byte, SegmentSize), hasher: h, clock: clock,
+		pol: chunker.Pol(pol), cmin: uint(cp.Min), cmax: uint(cp.Max), avgBits: bits.Len(uint(cp.Avg)) - 1}
+	return w
 }
 
 // readFull reads exactly len(p) bytes at off.
@@ -83,12 +102,16 @@ func isZero(b []byte) bool {
 }
 
 // process reads the allocated ranges alloc (inside the segment at segOff)
-// from d, finds the non-zero runs, hashes them and either reuses prev (same
-// hash, all chunks still present) or ingests the non-zero bytes.
+// from d, finds the non-zero runs and ingests their bytes, keeping every
+// chunk of the previous backup's segment prev whose bytes are unchanged
+// (see ingestChanged): an unchanged segment is verified chunk by chunk
+// with BLAKE3 and neither chunked nor compressed.
 func (w *segWorker) process(ctx context.Context, d io.ReaderAt, segOff int64, alloc []vdisk.Extent, prev *Segment, onRead func(int64)) (segResult, error) {
 	var res segResult
 	buf := w.buf
 	w.runs = w.runs[:0]
+	clk := w.clock
+	t := time.Now()
 	for _, e := range alloc {
 		b := buf[e.Off-segOff : e.End()-segOff]
 		if w.limit != nil {
@@ -103,6 +126,7 @@ func (w *segWorker) process(ctx context.Context, d io.ReaderAt, segOff int64, al
 		if onRead != nil {
 			onRead(e.Len)
 		}
+		t = since(&clk.read, t)
 		// Zero detection per 64 KiB-aligned virtual block.
 		for off := e.Off; off < e.End(); {
 			end := min((off/zeroBlock+1)*zeroBlock, e.End())
@@ -115,38 +139,15 @@ func (w *segWorker) process(ctx context.Context, d io.ReaderAt, segOff int64, al
 			}
 			off = end
 		}
+		t = since(&clk.zero, t)
 	}
 	res.seg.Off = segOff
 	if len(w.runs) == 0 {
 		res.empty = true
 		return res, nil
 	}
-	// The hash covers where the data is and what it is, so equal hashes
-	// mean equal segment content.
-	w.hasher.Reset()
-	binary.LittleEndian.PutUint64(w.scratch[:8], uint64(segOff))
-	w.hasher.Write(w.scratch[:8])
 	for _, r := range w.runs {
-		binary.LittleEndian.PutUint64(w.scratch[:8], uint64(r.off))
-		binary.LittleEndian.PutUint64(w.scratch[8:], uint64(r.len))
-		w.hasher.Write(w.scratch[:])
-		w.hasher.Write(buf[r.off-segOff : r.off-segOff+r.len])
 		res.data += r.len
-	}
-	var sum [32]byte
-	w.hasher.Sum(sum[:0])
-	res.seg.Hash = hex.EncodeToString(sum[:])
-
-	if prev != nil && prev.Hash == res.seg.Hash {
-		ok, err := allPresent(ctx, w.st, prev.Extents)
-		if err != nil {
-			return res, err
-		}
-		if ok {
-			res.seg.Extents = prev.Extents
-			res.reused = true
-			return res, nil
-		}
 	}
 
 	// Compact the non-zero runs to the front of the buffer (moving forward
@@ -158,42 +159,148 @@ func (w *segWorker) process(ctx context.Context, d io.ReaderAt, segOff int64, al
 		}
 		n += r.len
 	}
-	// Chunks of the previous backup that still match the start of the
-	// stream are kept without chunking: the chunker resets at every cut,
-	// so chunking from the first changed chunk's start gives exactly the
-	// cuts a full re-chunk would.
-	var refs []chunkstore.Ref
-	var base int64
+	since(&clk.zero, t)
+	var prevExt []Extent
 	if prev != nil {
-		refs, base = w.matchingPrefix(buf[:n], prev.Extents)
-		if len(refs) > 0 {
-			ids := make([]chunkstore.ID, len(refs))
-			for i, r := range refs {
-				ids[i] = r.ID
-			}
-			has, err := w.st.Has(ctx, ids)
-			if err != nil {
-				return res, err
-			}
-			for _, h := range has {
-				if !h {
-					refs, base = nil, 0
-					break
-				}
-			}
-		}
+		prevExt = prev.Extents
 	}
-	stats, err := w.st.Ingest(ctx, bytes.NewReader(buf[base:n]), func(r chunkstore.Ref) {
-		r.Offset += base
-		refs = append(refs, r)
-	})
+	refs, err := w.ingestChanged(ctx, buf[:n], prevExt, &res)
 	if err != nil {
 		return res, err
 	}
-	res.stats = stats
-	res.chunked = n - base
+	t = time.Now()
 	res.seg.Extents = mapRefs(w.runs, refs)
+	res.reused = prev != nil && res.chunked == 0
+	res.seg.Hash = w.segmentHash(segOff, res.seg.Extents)
+	since(&clk.hash, t)
 	return res, nil
+}
+
+// segmentHash is the keyed BLAKE3 of where a segment's data is and which
+// chunks hold it (chunk IDs are keyed BLAKE3 hashes of their bytes), so
+// equal hashes mean equal segment content. It costs a pass over the
+// extents, not over the data: the chunk IDs were computed anyway.
+func (w *segWorker) segmentHash(segOff int64, ext []Extent) string {
+	w.hasher.Reset()
+	var b [8 + 8 + 8 + 32]byte
+	binary.LittleEndian.PutUint64(b[:8], uint64(segOff))
+	w.hasher.Write(b[:8])
+	for _, e := range ext {
+		binary.LittleEndian.PutUint64(b[0:], uint64(e.Off))
+		binary.LittleEndian.PutUint64(b[8:], uint64(e.Len))
+		binary.LittleEndian.PutUint64(b[16:], uint64(e.ChunkOff))
+		copy(b[24:], e.ID[:])
+		w.hasher.Write(b[:])
+	}
+	var sum [32]byte
+	w.hasher.Sum(sum[:0])
+	return hex.EncodeToString(sum[:])
+}
+
+// ingestChanged ingests the stream of a changed segment and returns its
+// chunk refs. The chunks of the previous backup (prevExt) are kept where
+// they still match, without Rabin chunking or compression: the chunker
+// resets at every cut, so a previous chunk whose bytes (verified by its
+// keyed BLAKE3 ID) are at the same stream offset as before is exactly the
+// chunk a full re-chunk would cut there. Between such runs the changed
+// bytes are chunked from the start of the first chunk that differs, until
+// a cut falls on an old chunk boundary again (resynchronisation); only
+// that stretch goes to chunkstore.Ingest, whose chunker makes the same cuts
+// from the same start. The result equals a full re-chunk of the stream.
+func (w *segWorker) ingestChanged(ctx context.Context, stream []byte, prevExt []Extent, res *segResult) ([]chunkstore.Ref, error) {
+	clk := w.clock
+	t := time.Now()
+	var chunks []chunkstore.Ref
+	if len(prevExt) > 0 {
+		// Reuse only chunks the store still holds (a repair may have
+		// dropped one): one batched lookup for the segment.
+		ok, err := allPresent(ctx, w.st, prevExt)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			chunks = prevChunks(prevExt)
+		}
+	}
+	n := int64(len(stream))
+	var refs []chunkstore.Ref
+	var pos int64
+	j := 0 // next previous chunk that may start at pos
+	var id chunkstore.ID
+	for pos < n {
+		// Keep previous chunks while they match.
+		for j < len(chunks) && chunks[j].Offset == pos {
+			c := chunks[j]
+			end := pos + int64(c.Length)
+			// The last previous chunk was cut by the end of its stream,
+			// not by content: it is only valid where the stream ends too.
+			if end > n || (j == len(chunks)-1 && end != n) {
+				break
+			}
+			w.hasher.Reset()
+			w.hasher.Write(stream[pos:end])
+			w.hasher.Sum(id[:0])
+			if id != c.ID {
+				break
+			}
+			refs = append(refs, c)
+			clk.verified.Add(int64(c.Length))
+			pos = end
+			j++
+		}
+		t = since(&clk.reuse, t)
+		if pos >= n {
+			break
+		}
+		// Chunk from pos until a cut lands on a previous chunk boundary.
+		stop := n
+		for j < len(chunks) && chunks[j].Offset <= pos {
+			j++
+		}
+		if j < len(chunks) {
+			rd := bytes.NewReader(stream[pos:])
+			if w.ch == nil {
+				w.ch = chunker.NewWithBoundaries(rd, w.pol, w.cmin, w.cmax)
+				w.cbuf = make([]byte, 0, w.cmax)
+			} else {
+				w.ch.ResetWithBoundaries(rd, w.pol, w.cmin, w.cmax)
+			}
+			w.ch.SetAverageBits(w.avgBits)
+			cut := pos
+			for {
+				c, err := w.ch.Next(w.cbuf[:0])
+				if err != nil { // io.EOF: no resynchronisation
+					break
+				}
+				cut += int64(c.Length)
+				for j < len(chunks) && chunks[j].Offset < cut {
+					j++
+				}
+				if j < len(chunks) && chunks[j].Offset == cut && cut < n {
+					stop = cut
+					break
+				}
+			}
+			t = since(&clk.chunk, t)
+		}
+		base := pos
+		st, err := w.st.Ingest(ctx, bytes.NewReader(stream[pos:stop]), func(r chunkstore.Ref) {
+			r.Offset += base
+			refs = append(refs, r)
+		})
+		if err != nil {
+			return nil, err
+		}
+		res.stats.BytesIn += st.BytesIn
+		res.stats.Chunks += st.Chunks
+		res.stats.NewChunks += st.NewChunks
+		res.stats.NewBytes += st.NewBytes
+		res.stats.StoredBytes += st.StoredBytes
+		res.chunked += stop - pos
+		t = since(&clk.ingest, t)
+		pos = stop
+	}
+	return refs, nil
 }
 
 // prevChunks rebuilds the chunk list (in stream order) of a previous
@@ -211,32 +318,6 @@ func prevChunks(ext []Extent) []chunkstore.Ref {
 		off += e.Len
 	}
 	return out
-}
-
-// matchingPrefix returns the previous chunks that hash equal to the same
-// bytes of stream, from the start, and the stream offset after them. The
-// last chunk of the stream is never reused: its end was the end of the
-// previous stream, not a content-defined cut.
-func (w *segWorker) matchingPrefix(stream []byte, prevExt []Extent) ([]chunkstore.Ref, int64) {
-	chunks := prevChunks(prevExt)
-	var out []chunkstore.Ref
-	var off int64
-	var id chunkstore.ID
-	for i, c := range chunks {
-		end := off + int64(c.Length)
-		if i == len(chunks)-1 || c.Offset != off || end >= int64(len(stream)) {
-			break
-		}
-		w.hasher.Reset()
-		w.hasher.Write(stream[off:end])
-		w.hasher.Sum(id[:0])
-		if id != c.ID {
-			break
-		}
-		out = append(out, c)
-		off = end
-	}
-	return out, off
 }
 
 // mapRefs turns chunk refs of the compacted stream into extents of virtual

@@ -231,9 +231,9 @@ func (d *cachedDisk) fill(b int64) ([]byte, error) {
 }
 
 // readAhead fetches up to Options.ReadAhead worth of blocks from b on, in
-// the background, skipping holes and blocks already cached or in flight.
-// It gives up quietly when the tree's prefetch slots are taken: read-ahead
-// must never slow down foreground reads.
+// the background, in parallel, skipping holes and blocks already cached or
+// in flight. It gives up quietly when the tree's prefetch slots are taken:
+// read-ahead must never hold up foreground reads.
 func (d *cachedDisk) readAhead(b int64) {
 	t := d.t
 	if t == nil || t.opts.ReadAhead <= 0 {

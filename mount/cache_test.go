@@ -308,3 +308,12 @@ func TestDiskReadAhead(t *testing.T) {
 		t.Errorf("random reads triggered read-ahead")
 	}
 }
+
+func TestLooksLikeRPID(t *testing.T) {
+	for name, want := range map[string]bool{"2026-11-20T100000Z": true, "2026-11-20T100000Z.2": true, "2026-11-20T100000Z.x": false,
+		"desktop.ini": false, ".hidden": false, "2026-13-20T100000Z": false, "latest": false} {
+		if got := looksLikeRPID(name); got != want {
+			t.Errorf("looksLikeRPID(%q) = %v", name, got)
+		}
+	}
+}

@@ -107,7 +107,7 @@ func (r *rpState) disk(ctx context.Context, name string) (*diskState, error) {
 		return nil, err
 	}
 	d := &diskState{name: name, src: src, cd: newCachedDisk(src, r.t.cache, r.t.cacheID(""))}
-	d.cd.t = r.t // block read-ahead for disks (files get the handle's)
+	d.cd.t = r.t // block read-ahead (see cachedDisk)
 	// The .vhdx view keeps the disk's identity (DiskID, DataWriteGUID,
 	// sector and block sizes), so tools see the disk that was backed up.
 	if s, err := vhdx.NewSynth(src.Identity(), d.cd, d.cd.Allocated(), vhdx.SynthOptions{}); err != nil {

@@ -587,8 +587,29 @@ func (o vmOps) rpNode(n *Node, r *rpState) *Node {
 	return n.child(r.rp.ID, dirInfo(r.rp.Time), false, rpOps{r})
 }
 
+// looksLikeRPID reports whether name has the form of a recovery point ID
+// (YYYY-MM-DDTHHMMSSZ, optionally .N): only such a name is worth asking the
+// Source again at once when it is not in the listing; file managers probe
+// many other names (desktop.ini, .hidden, autorun.inf) all the time.
+func looksLikeRPID(name string) bool {
+	base, seq, _ := strings.Cut(name, ".")
+	if _, err := time.Parse(RPIDLayout, base); err != nil {
+		return false
+	}
+	for _, c := range seq {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 func (o vmOps) lookup(ctx context.Context, n *Node, name string) (*Node, error) {
-	for _, age := range []time.Duration{n.t.opts.Refresh, missRefresh} {
+	miss := missRefresh
+	if looksLikeRPID(name) || name == "latest" {
+		miss = 0 // a recovery point committed a moment ago
+	}
+	for _, age := range []time.Duration{n.t.opts.Refresh, miss} {
 		if err := o.st.refresh(ctx, n.t, n.path, age); err != nil {
 			return nil, err
 		}

@@ -18,6 +18,8 @@ func newBackupCmd() *cobra.Command {
 		o      engine.BackupOptions
 		asJSON bool
 		quiet  bool
+		pf     profileFlags
+		verb   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "backup --repo DIR --vm NAME [--group G] [--full] DISK.vhdx|DISK.avhdx|DISK.raw|VMDIR ...",
@@ -54,6 +56,10 @@ create); a VM already in another group is refused.`,
 				return err
 			}
 			o.Limit = jo.waitN()
+			if err := pf.start(); err != nil {
+				return err
+			}
+			defer pf.stop()
 			repo, err := rf.open()
 			if err != nil {
 				return err
@@ -88,7 +94,11 @@ create); a VM already in another group is refused.`,
 			}
 			p := res.Pointer
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), rpJSONOf(p))
+				// The recovery point as listed, plus where the time went.
+				return printJSON(cmd.OutOrStdout(), struct {
+					engine.RPView
+					Stages engine.BackupStages `json:"stages"`
+				}{rpJSONOf(p), res.Stages})
 			}
 			el := time.Since(start)
 			fmt.Fprintf(cmd.OutOrStdout(), "recovery point %s of %s (%s): %d disks, %d config files; read %s, new %s, stored %s in %s (%.1f MiB/s)\n",
@@ -99,10 +109,14 @@ create); a VM already in another group is refused.`,
 					fmt.Fprintf(cmd.OutOrStdout(), "  %s: left out p%d/%s (%s)\n", d.Name, f.Volume, f.Path, fmtSize(f.BytesExcluded))
 				}
 			}
+			if verb {
+				fmt.Fprintf(cmd.OutOrStdout(), "  %s\n", res.Stages)
+			}
 			return nil
 		},
 	}
 	rf.register(cmd)
+	pf.register(cmd)
 	jo.registerLimit(cmd)
 	jo.registerNotify(cmd)
 	cmd.Flags().StringVar(&o.VM, "vm", "", "VM name (required)")
@@ -114,5 +128,8 @@ create); a VM already in another group is refused.`,
 	cmd.Flags().BoolVar(&o.KeepPagefile, "keep-pagefile", false, "back up pagefile.sys/hiberfil.sys/swapfile.sys data too (by default left out of NTFS volumes, restored as zeros)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the recovery point as JSON")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
+	cmd.Flags().IntVar(&o.Workers, "workers", 0, "segments processed at once (default GOMAXPROCS+1)")
+	_ = cmd.Flags().MarkHidden("workers")
+	cmd.Flags().BoolVarP(&verb, "verbose", "v", false, "print where the time went, stage by stage (also in --json as \"stages\")")
 	return cmd
 }

@@ -24,6 +24,7 @@ func newMountCmd() *cobra.Command {
 		allowOther bool
 		debug      bool
 		cacheSize  string
+		readAhead  string
 	)
 	cmd := &cobra.Command{
 		Use:   "mount --repo DIR MOUNTPOINT",
@@ -56,6 +57,12 @@ vmvault files.`,
 			if err != nil {
 				return err
 			}
+			ra := int64(-1)
+			if readAhead != "0" {
+				if ra, err = mountParseSize(readAhead); err != nil {
+					return fmt.Errorf("--read-ahead %q: want a size like 8M, or 0 to disable", readAhead)
+				}
+			}
 			// A bad mount point fails before the (slow, password-checking)
 			// repository open.
 			if _, err := mount.CheckMountpoint(args[0]); err != nil {
@@ -67,7 +74,7 @@ vmvault files.`,
 			}
 			defer repo.Close()
 			logger := log.New(cmd.ErrOrStderr(), "", log.LstdFlags)
-			tree := mount.New(mount.EngineSource{Repo: repo}, mount.Options{CacheSize: size, Logf: logger.Printf})
+			tree := mount.New(mount.EngineSource{Repo: repo}, mount.Options{CacheSize: size, ReadAhead: ra, Logf: logger.Printf})
 			srv, err := fusemount.Mount(tree, args[0], fusemount.Options{AllowOther: allowOther, Debug: debug})
 			if err != nil {
 				tree.Close()
@@ -79,6 +86,7 @@ vmvault files.`,
 	rf.register(cmd)
 	cmd.Flags().BoolVar(&allowOther, "allow-other", false, "let other users see the mount (their access is checked against the guest permissions)")
 	cmd.Flags().StringVar(&cacheSize, "cache-size", "256M", "memory for decoded disk data shared by all open files (e.g. 512M, 2G)")
+	cmd.Flags().StringVar(&readAhead, "read-ahead", "8M", "how far ahead sequential readers are served in the background (0 disables; helps most when the pools are on slow disks)")
 	cmd.Flags().BoolVar(&debug, "debug", false, "log every FUSE request")
 	cmd.Flags().MarkHidden("debug")
 	return cmd
@@ -117,9 +125,21 @@ func serveMount(cmd *cobra.Command, srv fusemount.Server, tree *mount.Tree, repo
 	return tree.Close()
 }
 
-// parseCacheSize reads 1073741824, 512K, 256M, 2G, 1T (powers of 1024; an
-// optional B or iB suffix is accepted).
+// parseCacheSize reads a --cache-size (at least 4M).
 func parseCacheSize(s string) (int64, error) {
+	v, err := mountParseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("--cache-size %q: want a size like 256M or 2G", s)
+	}
+	if v < 4<<20 {
+		return 0, fmt.Errorf("--cache-size %q: at least 4M", s)
+	}
+	return v, nil
+}
+
+// mountParseSize reads 1073741824, 512K, 256M, 2G, 1T (powers of 1024; an
+// optional B or iB suffix is accepted).
+func mountParseSize(s string) (int64, error) {
 	t := strings.ToUpper(strings.TrimSpace(s))
 	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
 	mult := int64(1)
@@ -139,12 +159,8 @@ func parseCacheSize(s string) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseFloat(strings.TrimSpace(t), 64)
-	if err != nil || n < 0 || n*float64(mult) > 1<<50 {
-		return 0, fmt.Errorf("--cache-size %q: want a size like 256M or 2G", s)
+	if err != nil || n <= 0 || n*float64(mult) > 1<<50 {
+		return 0, fmt.Errorf("bad size %q", s)
 	}
-	v := int64(n * float64(mult))
-	if v < 4<<20 {
-		return 0, fmt.Errorf("--cache-size %q: at least 4M", s)
-	}
-	return v, nil
+	return int64(n * float64(mult)), nil
 }

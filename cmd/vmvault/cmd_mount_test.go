@@ -50,6 +50,7 @@ func TestMountCLIErrors(t *testing.T) {
 	os.WriteFile(f, nil, 0o644)
 	wantFail(t, vmv(t, nil, "mount", "--repo", repo, f), "not a directory")
 	wantFail(t, vmv(t, nil, "mount", "--repo", repo, "--cache-size", "lots", t.TempDir()), "--cache-size")
+	wantFail(t, vmv(t, nil, "mount", "--repo", repo, "--read-ahead", "far", t.TempDir()), "--read-ahead")
 	wantFail(t, vmv(t, nil, "mount", "--repo", filepath.Join(t.TempDir(), "norepo"), t.TempDir()), "no repository")
 }
 

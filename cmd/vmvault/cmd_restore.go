@@ -22,6 +22,7 @@ func newRestoreCmd() *cobra.Command {
 		vms      []string
 		parallel int
 		quiet    bool
+		pf       profileFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "restore --repo DIR --vm NAME --rp ID|latest --to DIR|original [--format vhdx|raw]",
@@ -52,6 +53,10 @@ lock as qemu takes) counts as in use and is refused unless --force.`,
 				return err
 			}
 			o.Limit = jo.waitN() // one budget shared by the parallel restores
+			if err := pf.start(); err != nil {
+				return err
+			}
+			defer pf.stop()
 			repo, err := rf.open()
 			if err != nil {
 				return err
@@ -125,6 +130,7 @@ lock as qemu takes) counts as in use and is refused unless --force.`,
 		},
 	}
 	rf.register(cmd)
+	pf.register(cmd)
 	jo.registerLimit(cmd)
 	jo.registerNotify(cmd)
 	cmd.Flags().StringSliceVar(&vms, "vm", nil, "VM name or GUID (required; several: each goes to DIR/<vm>)")

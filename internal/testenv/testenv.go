@@ -6,6 +6,7 @@ package testenv
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -41,4 +42,43 @@ func NeedFUSE(t testing.TB) {
 	if os.Geteuid() != 0 {
 		Skip(t, "needs root to mount FUSE directly")
 	}
+}
+
+// HyperVSamples returns the directory holding the real Hyper-V sample files
+// (../shared/samples/hyperv next to the project; never copied into it), or
+// skips the test. The samples live outside the repository and their README
+// says to skip when they are absent, so this is a plain skip even under
+// VMVAULT_REQUIRE_TOOLS=1 — but every place a checkout can sit relative to
+// them is tried first, so CI finds them wherever it clones the project.
+func HyperVSamples(t testing.TB) string {
+	t.Helper()
+	if d := findSamples(); d != "" {
+		return d
+	}
+	t.Skip("Hyper-V samples not found (set VMVAULT_HYPERV_SAMPLES or place them at ../shared/samples/hyperv)")
+	return ""
+}
+
+func findSamples() string {
+	var cands []string
+	if d := os.Getenv("VMVAULT_HYPERV_SAMPLES"); d != "" {
+		cands = append(cands, d)
+	}
+	// Walk up from the package directory: the repository root's sibling
+	// "shared" (and the ancestors' siblings, for nested checkouts).
+	if wd, err := os.Getwd(); err == nil {
+		for dir := wd; ; dir = filepath.Dir(dir) {
+			cands = append(cands, filepath.Join(dir, "shared", "samples", "hyperv"))
+			if filepath.Dir(dir) == dir {
+				break
+			}
+		}
+	}
+	cands = append(cands, "/work/shared/samples/hyperv")
+	for _, d := range cands {
+		if fi, err := os.Stat(filepath.Join(d, "README.md")); err == nil && fi.Mode().IsRegular() {
+			return d
+		}
+	}
+	return ""
 }

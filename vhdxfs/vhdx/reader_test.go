@@ -18,14 +18,12 @@ import (
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
 )
 
-// rdtSamples is where the real Hyper-V files live, relative to this package.
-const rdtSamples = "../../../shared/samples/hyperv"
 
 // rdtGunzip decompresses a sample into a temp dir (never into the project)
 // and returns its path.
 func rdtGunzip(t testing.TB, name string) string {
 	t.Helper()
-	src := filepath.Join(rdtSamples, name+".gz")
+	src := filepath.Join(testenv.HyperVSamples(t), name+".gz")
 	f, err := os.Open(src)
 	if err != nil {
 		// The samples live outside the repository (README: skip when absent),

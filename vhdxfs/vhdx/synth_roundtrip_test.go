@@ -121,8 +121,6 @@ func TestSynthRoundTripQemu(t *testing.T) {
 	}
 }
 
-// synthSamples is where the real Hyper-V files live, relative to this package.
-const synthSamples = "../../../shared/samples/hyperv"
 
 // TestSynthRoundTripHyperV: the Windows-made dynamic and fixed disks keep
 // their identifiers, sector sizes (physical 4096) and content.
@@ -137,7 +135,7 @@ func TestSynthRoundTripHyperV(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			orig := filepath.Join(dir, tc.name)
-			synthGunzip(t, filepath.Join(synthSamples, tc.name+".gz"), orig)
+			synthGunzip(t, filepath.Join(testenv.HyperVSamples(t), tc.name+".gz"), orig)
 			raw := filepath.Join(dir, "orig.raw")
 			synthExec(t, "qemu-img", "convert", "-f", "vhdx", "-O", "raw", orig, raw)
 			if got := synthFileSHA(t, raw); got != tc.rawSHA {

@@ -761,7 +761,11 @@ func testUnmountWhileReading(t *testing.T, repo *Repo, mf MountFunc) {
 			}
 		}(i, p)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// Unmount once every reader is well into its reads.
+	deadline := time.Now().Add(20 * time.Second)
+	for reads.Load() < int64(20*len(files)) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := m.Unmount(); err != nil {
 		t.Errorf("unmount while reading: %v", err)
 	}
