@@ -50,6 +50,8 @@ func (r *Repo) Check(ctx context.Context, o CheckOptions) (rep *CheckReport, err
 		}
 		r.finishJob(job, err)
 	}()
+	// A restore killed earlier is finished first (restore_commit.go).
+	r.recoverBeforeCheck(o.Logf)
 	rep = &CheckReport{}
 	if o.Repair {
 		rr, err := r.store.Repair(ctx)

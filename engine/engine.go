@@ -139,6 +139,9 @@ type Repo struct {
 	*Catalog
 	dir   string
 	store *chunkstore.Store
+	// logf is OpenOptions.Logf: repository events such as the recovery of
+	// an interrupted restore (restore_commit.go) go there too.
+	logf func(format string, args ...any)
 
 	closeOnce sync.Once
 }
@@ -167,7 +170,7 @@ func Open(dir string, o OpenOptions) (*Repo, error) {
 			return nil, fmt.Errorf("engine: %w", err)
 		}
 	}
-	return &Repo{Catalog: &Catalog{cat: &catalog{dir: dir}}, dir: dir, store: st}, nil
+	return &Repo{Catalog: &Catalog{cat: &catalog{dir: dir}}, dir: dir, store: st, logf: logf}, nil
 }
 
 // Dir is the repository directory.

@@ -64,8 +64,11 @@ type restoreItem struct {
 // written completely under a temporary name beside its target and fsynced;
 // only when all are written are they renamed over the targets. A failure
 // (a full disk, a read error) removes the temporary files and leaves every
-// target untouched. (A crash in the short rename phase can leave some
-// files renamed and others as ".vmvault-restore-*" temporaries.)
+// target untouched. Restores to the original files commit through a
+// durable journal (restore_commit.go): after a kill, the next restore or
+// check leaves the originals all unchanged or, past the commit point, all
+// restored. (Into a directory, a crash in the short rename phase can leave
+// some files renamed and others as ".vmvault-restore-*" temporaries.)
 func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResult, err error) {
 	job := r.startJob("restore", o.VM)
 	defer func() {
@@ -74,6 +77,10 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 		}
 		r.finishJob(job, err)
 	}()
+	// A restore killed earlier is finished first (restore_commit.go).
+	if err := r.recoverBeforeRestore(o); err != nil {
+		return nil, err
+	}
 	p, err := r.ResolveRP(o.VM, o.RP)
 	if err != nil {
 		return nil, err
@@ -193,10 +200,17 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 		dirs[dir] = true
 		items[i].tmp = filepath.Join(dir, "."+filepath.Base(items[i].final)+".vmvault-restore-"+randHex(4))
 	}
+	// Restores to original files are journaled before any temporary
+	// exists, so a kill at any point can be recovered (restore_commit.go).
+	jr, err := r.beginOriginalRestore(o, p, m, items)
+	if err != nil {
+		return nil, err
+	}
 	cleanup := func() {
 		for _, it := range items {
 			os.Remove(it.tmp)
 		}
+		jr.discard()
 	}
 	for _, it := range items {
 		if err := it.write(ctx, it.tmp); err != nil {
@@ -208,6 +222,17 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 		}
 	}
 	res = &RestoreResult{Manifest: m}
+	if jr != nil {
+		// Original files: all-or-nothing commit, even across a kill.
+		if err := jr.commit(r.restoreLogf(o)); err != nil {
+			return nil, err
+		}
+		for _, it := range items {
+			res.Files = append(res.Files, it.final)
+		}
+		res.BytesWritten = done.Load()
+		return res, nil
+	}
 	for _, it := range items {
 		if err := os.Rename(it.tmp, it.final); err != nil {
 			cleanup()
@@ -261,7 +286,7 @@ const restorePiece = 1 << 20
 const restoreWindow = 8 << 20
 
 // restoreWorkers is the number of chunks decoded at once in a restore.
-func restoreWorkers() int { return max(2, runtime.GOMAXPROCS(0)) }
+func restoreWorkers() int { return max(2, runtime.GOMAXPROCS(0)+2) }
 
 // parallelReader splits large reads into pieces read concurrently.
 type parallelReader struct {
@@ -368,6 +393,7 @@ func writeRawFile(ctx context.Context, path string, d *DiskReader, progress func
 					fail(err)
 					return
 				}
+				startWriteback(f, w.Off, w.Len)
 				if err := progress(ctx, w.Len); err != nil {
 					fail(err)
 					return

@@ -31,6 +31,10 @@ import (
 // GiB), negligible next to the extent map.
 const SegmentSize = 16 << 20
 
+// readPiece is the size of source reads: a segment is read in 1 MiB
+// pieces, each scanned for zeros while it is in the CPU cache.
+const readPiece = 1 << 20
+
 // zeroBlock is the granularity of zero detection: allocated but all-zero
 // 64 KiB blocks (free space of a fixed VHDX, zeroed blocks) are not stored.
 const zeroBlock = 64 << 10
@@ -112,34 +116,41 @@ func (w *segWorker) process(ctx context.Context, d io.ReaderAt, segOff int64, al
 	w.runs = w.runs[:0]
 	clk := w.clock
 	t := time.Now()
-	for _, e := range alloc {
-		b := buf[e.Off-segOff : e.End()-segOff]
-		if w.limit != nil {
-			if err := w.limit(ctx, len(b)); err != nil {
-				return res, err
-			}
-		}
-		if err := readFull(d, b, e.Off); err != nil {
-			return res, err
-		}
-		res.read += e.Len
-		if onRead != nil {
-			onRead(e.Len)
-		}
-		t = since(&clk.read, t)
-		// Zero detection per 64 KiB-aligned virtual block.
-		for off := e.Off; off < e.End(); {
-			end := min((off/zeroBlock+1)*zeroBlock, e.End())
-			if !isZero(buf[off-segOff : end-segOff]) {
-				if n := len(w.runs); n > 0 && w.runs[n-1].off+w.runs[n-1].len == off {
-					w.runs[n-1].len += end - off
-				} else {
-					w.runs = append(w.runs, run{off, end - off})
+	for _, a := range alloc {
+		// Read in readPiece pieces and scan each for zeros right away,
+		// while it is still in the CPU cache.
+		for pOff := a.Off; pOff < a.End(); {
+			pEnd := min((pOff/readPiece+1)*readPiece, a.End())
+			b := buf[pOff-segOff : pEnd-segOff]
+			if w.limit != nil {
+				if err := w.limit(ctx, len(b)); err != nil {
+					return res, err
 				}
 			}
-			off = end
+			if err := readFull(d, b, pOff); err != nil {
+				return res, err
+			}
+			res.read += pEnd - pOff
+			if onRead != nil {
+				onRead(pEnd - pOff)
+			}
+			t = since(&clk.read, t)
+			// Zero detection per 64 KiB-aligned virtual block (pieces
+			// end on block boundaries, so no block is split by them).
+			for off := pOff; off < pEnd; {
+				end := min((off/zeroBlock+1)*zeroBlock, pEnd)
+				if !isZero(buf[off-segOff : end-segOff]) {
+					if n := len(w.runs); n > 0 && w.runs[n-1].off+w.runs[n-1].len == off {
+						w.runs[n-1].len += end - off
+					} else {
+						w.runs = append(w.runs, run{off, end - off})
+					}
+				}
+				off = end
+			}
+			t = since(&clk.zero, t)
+			pOff = pEnd
 		}
-		t = since(&clk.zero, t)
 	}
 	res.seg.Off = segOff
 	if len(w.runs) == 0 {
