@@ -15,7 +15,6 @@ import (
 	"github.com/vmvault/vmvault/internal/testenv"
 )
 
-
 // newRepo creates a repository with cheap parameters (small KDF, 2+1
 // shards) and opens it; it is closed at cleanup.
 func newRepo(t testing.TB) (*Repo, string) {

@@ -14,7 +14,7 @@ missing=()
 for tool in "${!pkgs[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${pkgs[$tool]}")
 done
-python3 -c 'import pyvhdi' >/dev/null 2>&1 || missing+=(python3-libvhdi)
+/usr/bin/python3 -c 'import pyvhdi' >/dev/null 2>&1 || missing+=(python3-libvhdi)
 [ -e /usr/include/fuse3/fuse.h ] || missing+=(libfuse3-dev)
 if [ "${#missing[@]}" -eq 0 ]; then exit 0; fi
 # de-duplicate

@@ -18,7 +18,6 @@ import (
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
 )
 
-
 // rdtGunzip decompresses a sample into a temp dir (never into the project)
 // and returns its path.
 func rdtGunzip(t testing.TB, name string) string {

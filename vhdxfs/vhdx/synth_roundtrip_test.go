@@ -121,7 +121,6 @@ func TestSynthRoundTripQemu(t *testing.T) {
 	}
 }
 
-
 // TestSynthRoundTripHyperV: the Windows-made dynamic and fixed disks keep
 // their identifiers, sector sizes (physical 4096) and content.
 func TestSynthRoundTripHyperV(t *testing.T) {
