@@ -19,6 +19,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/restic/chunker"
+	"github.com/zeebo/blake3"
 )
 
 // Benchmarks. Run one at a time on a quiet machine, e.g.
@@ -407,6 +411,79 @@ func BenchmarkChunkParams(b *testing.B) {
 			}
 			b.SetBytes(int64(len(data)))
 			reportCPU(b, cpu, int64(len(data))*int64(b.N))
+		})
+	}
+}
+
+// BenchmarkComponents measures the ingest and read components alone, one
+// goroutine, on VMVAULT_BENCH_MB of OS-like data, in MB per CPU-second:
+// what the store's figures should be compared with on a given machine.
+func BenchmarkComponents(b *testing.B) {
+	data := osLike(b, benchMB()<<20)
+	pol, err := chunker.RandomPolynomial()
+	if err != nil {
+		b.Fatal(err)
+	}
+	run := func(name string, f func()) {
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			c0 := cpuTime()
+			for b.Loop() {
+				f()
+			}
+			reportCPU(b, cpuTime()-c0, int64(len(data))*int64(b.N))
+		})
+	}
+	buf := make([]byte, 0, DefaultChunkMax)
+	run("chunker-restic", func() {
+		ch := chunker.NewWithBoundaries(bytes.NewReader(data), pol, DefaultChunkMin, DefaultChunkMax)
+		ch.SetAverageBits(18)
+		for {
+			c, err := ch.Next(buf[:0])
+			if err != nil {
+				break
+			}
+			buf = c.Data
+		}
+	})
+	cd := newCDC(pol, DefaultChunkMin, DefaultChunkMax, DefaultChunkAvg)
+	run("chunker-cdc", func() {
+		var st cdcState
+		for start := 0; start < len(data); {
+			start += cd.next(data[start:], &st, true)
+		}
+	})
+	h, _ := blake3.NewKeyed(make([]byte, 32))
+	run("blake3-256K", func() {
+		for i := 0; i < len(data); i += 256 << 10 {
+			h.Reset()
+			h.Write(data[i:min(len(data), i+256<<10)])
+			var id ID
+			h.Sum(id[:0])
+		}
+	})
+	const fs = DefaultFrameSize
+	e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1),
+		zstd.WithEncoderCRC(false), zstd.WithWindowSize(fs), zstd.WithSingleSegment(true))
+	zb := make([]byte, 0, 2*fs)
+	run("zstd-fastest-encode-64K", func() {
+		for i := 0; i < len(data); i += fs {
+			zb = e.EncodeAll(data[i:min(len(data), i+fs)], zb[:0])
+		}
+	})
+	var frames [][]byte
+	for i := 0; i < len(data); i += fs {
+		frames = append(frames, e.EncodeAll(data[i:min(len(data), i+fs)], nil))
+	}
+	d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
+	for _, slack := range []int{0, zstdSlack} {
+		out := make([]byte, fs+slack)
+		run(fmt.Sprintf("zstd-decode-64K-slack%d", slack), func() {
+			for _, f := range frames {
+				if _, err := d.DecodeAll(f, out[:0:fs+slack]); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 	}
 }

@@ -5,20 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/bits"
 	"sync"
+	"sync/atomic"
 
-	"github.com/restic/chunker"
 	"github.com/zeebo/blake3"
 
 	"github.com/vmvault/vmvault/chunkstore/shard"
 )
 
-// Ingest pipeline: per stream, the caller's goroutine runs the chunker
-// (sequential by nature) and queues each chunk to the Store's worker pool,
+// Ingest pipeline: per stream, the caller's goroutine reads the stream into
+// large blocks and runs the chunker over them in place (sequential by
+// nature; see cdc.go) and queues each chunk, a slice of its block, to the
+// Store's worker pool,
 // which hashes, looks up, compresses, seals and appends it to the open pack;
 // a per-stream collector reports Refs in stream order. Memory is bounded by
-// the per-stream queue (2*Workers+2 chunks of at most ChunkMax), the open
+// the per-stream queue (2*Workers+2 chunks, which pin at most as many input
+// blocks of max(4 MiB, 2*ChunkMax)), the open
 // pack and MaxPacksInFlight sealed packs. Several streams may be ingested
 // concurrently; they share the workers and the open pack.
 
@@ -55,8 +57,8 @@ type pendingChunk struct {
 
 // chunkJob is one chunk travelling through the worker pool.
 type chunkJob struct {
-	data  []byte
-	bufp  *[]byte // returned to the chunk buffer pool by the collector
+	data  []byte   // a slice of blk
+	blk   *inBlock // released by the collector
 	off   int64
 	id    ID
 	isNew bool
@@ -350,12 +352,34 @@ func (s *Store) Flush(ctx context.Context) error {
 	return s.writeErr
 }
 
-func (s *Store) chunkBuf() *[]byte {
-	if b, ok := s.chunkBufs.Get().(*[]byte); ok {
-		return b
+// inBlock is a buffer of stream input. The chunker finds boundaries in it
+// in place and the chunks travel to the workers as slices of it, so a byte
+// of input is copied once (by the reader) on its way to the hasher and the
+// compressor. refs counts the ingest loop (while it fills the block) and
+// the chunks not yet collected.
+type inBlock struct {
+	buf  []byte
+	refs atomic.Int32
+}
+
+// blockSize is the input block size: several chunks per block, and room for
+// the partial chunk carried over from the previous block (< Chunker.Max)
+// plus a large read.
+func (s *Store) blockSize() int { return max(4<<20, 2*s.cfg.Chunker.Max) }
+
+func (s *Store) getBlock() *inBlock {
+	b, ok := s.blocks.Get().(*inBlock)
+	if !ok {
+		b = &inBlock{buf: make([]byte, s.blockSize())}
 	}
-	b := make([]byte, 0, s.cfg.Chunker.Max)
-	return &b
+	b.refs.Store(1)
+	return b
+}
+
+func (s *Store) releaseBlock(b *inBlock) {
+	if b.refs.Add(-1) == 0 {
+		s.blocks.Put(b)
+	}
 }
 
 // Ingest chunks r, stores new chunks and calls fn (if not nil) for every
@@ -365,10 +389,12 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader, fn func(Ref)) (Stats, e
 	if s.isClosed() {
 		return st, ErrClosed
 	}
+	if s.cdc == nil {
+		return st, fmt.Errorf("chunkstore: ingest: chunker polynomial %s has degree %d (want 9..53)",
+			s.cfg.Chunker.Polynomial, s.cfg.polynomial().Deg())
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	ch := chunker.NewWithBoundaries(r, s.cfg.polynomial(), uint(s.cfg.Chunker.Min), uint(s.cfg.Chunker.Max))
-	ch.SetAverageBits(bits.Len(uint(s.cfg.Chunker.Avg)) - 1)
 
 	queue := make(chan *chunkJob, 2*s.opts.Workers+2)
 	var collErr error
@@ -394,38 +420,53 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader, fn func(Ref)) (Stats, e
 					fn(Ref{ID: j.id, Offset: j.off, Length: len(j.data)})
 				}
 			}
-			s.chunkBufs.Put(j.bufp)
+			s.releaseBlock(j.blk)
 		}
 	}()
 	var off int64
 	var err error
+	var cs cdcState
+	blk := s.getBlock()
+	start, fill := 0, 0 // the chunk in progress is blk.buf[start:fill]
+	eof := false
 	for {
 		if e := context.Cause(ctx); e != nil {
 			err = e
 			break
 		}
-		bufp := s.chunkBuf()
-		c, cerr := ch.Next((*bufp)[:0])
-		if cerr == io.EOF {
-			s.chunkBufs.Put(bufp)
-			break
+		n := s.cdc.next(blk.buf[start:fill], &cs, eof)
+		if n == 0 {
+			if eof {
+				break
+			}
+			if fill == len(blk.buf) {
+				// Carry the partial chunk (< Chunker.Max) to a new block.
+				nb := s.getBlock()
+				fill = copy(nb.buf, blk.buf[start:fill])
+				s.releaseBlock(blk)
+				blk, start = nb, 0
+			}
+			k, rerr := io.ReadFull(r, blk.buf[fill:])
+			fill += k
+			if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+				eof = true
+			} else if rerr != nil {
+				err = fmt.Errorf("chunkstore: ingest: %w", rerr)
+				break
+			}
+			continue
 		}
-		if cerr != nil {
-			s.chunkBufs.Put(bufp)
-			err = fmt.Errorf("chunkstore: ingest: %w", cerr)
-			break
-		}
-		if cap(c.Data) == cap(*bufp) {
-			*bufp = c.Data[:0]
-		}
-		j := &chunkJob{data: c.Data, bufp: bufp, off: off, done: make(chan struct{})}
-		off += int64(c.Length)
+		blk.refs.Add(1)
+		j := &chunkJob{data: blk.buf[start : start+n : start+n], blk: blk, off: off, done: make(chan struct{})}
+		start += n
+		off += int64(n)
 		queue <- j
 		if !s.submit(j) {
 			err = ErrClosed
 			break
 		}
 	}
+	s.releaseBlock(blk)
 	close(queue)
 	wg.Wait()
 	if collErr != nil {

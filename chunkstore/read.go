@@ -143,7 +143,7 @@ func (s *Store) decodeBlob(id ID, blob []byte, stored int64) ([]byte, error) {
 		o := int64(f) * int64(t.frameSize)
 		return out[o : o+int64(t.rawFrameLen(f))]
 	}
-	if err := s.decodeFrames(id, t, blob, 0, dst, all(len(t.frames))); err != nil {
+	if err := s.decodeFrames(id, t, blob, 0, dst, all(len(t.frames)), true); err != nil {
 		return nil, err
 	}
 	if err := s.verifyWhole(id, t, [][]byte{out}); err != nil {
@@ -247,7 +247,8 @@ func (s *Store) readRange(ctx context.Context, id ID, l location, off int64, p [
 		vals := make([][]byte, len(lead))
 		pos := make(map[int]int, len(lead))
 		for i, f := range lead {
-			vals[i] = make([]byte, frameRawLen(int64(l.Raw), fs, f))
+			n := frameRawLen(int64(l.Raw), fs, f)
+			vals[i] = make([]byte, n, n+zstdSlack) // spare room: see decodeFrame
 			pos[f] = i
 		}
 		err := s.loadFrames(ctx, id, l, lead, false, func(f int) []byte { return vals[pos[f]] })
@@ -331,7 +332,7 @@ func (s *Store) loadFrames(ctx context.Context, id ID, l location, lead []int, w
 	if t.rawLen != int64(l.Raw) || t.frameSize != s.cfg.FrameSize {
 		return fmt.Errorf("chunkstore: chunk %s: %w: frame table disagrees with index", id, ErrCorrupt)
 	}
-	if err := s.decodeFrames(id, t, stored, base, dst, lead); err != nil {
+	if err := s.decodeFrames(id, t, stored, base, dst, lead, wholeVerify); err != nil {
 		return err
 	}
 	if wholeVerify {
@@ -382,25 +383,39 @@ func (s *Store) frameTable(ctx context.Context, id ID, l location) (*frameTable,
 
 // decodeFrames decodes frames (ascending) whose stored bytes are in stored
 // (stored[0] is blob offset base); dst(f) is where frame f's plaintext
-// goes. Frames are decoded in parallel when there are several.
-func (s *Store) decodeFrames(id ID, t *frameTable, stored []byte, base int64, dst func(f int) []byte, frames []int) error {
-	one := func(f int) error {
-		fe := t.frames[f]
-		src := stored[fe.off-base : fe.off-base+int64(fe.stored)]
-		d := dst(f)
-		return s.codec.decodeFrame(d[:len(d):len(d)], id, t, f, src)
+// goes. adjacent: frames are consecutive and dst(f+1) directly follows
+// dst(f) in one buffer; otherwise each dst(f) is a buffer of its own whose
+// spare capacity may be overwritten. Frames are decoded in parallel when
+// there are several, each goroutine taking a contiguous run in ascending
+// order, so that a frame may use the following frame's destination
+// (decoded after it by the same goroutine) as the decoder's slack.
+func (s *Store) decodeFrames(id ID, t *frameTable, stored []byte, base int64, dst func(f int) []byte, frames []int, adjacent bool) error {
+	// run decodes frames[lo:hi].
+	run := func(lo, hi int) error {
+		for k := lo; k < hi; k++ {
+			f := frames[k]
+			fe := t.frames[f]
+			src := stored[fe.off-base : fe.off-base+int64(fe.stored)]
+			d := dst(f)
+			if adjacent {
+				room := 0
+				if k+1 < hi {
+					room = t.rawFrameLen(frames[k+1])
+				}
+				d = d[: len(d) : len(d)+min(room, cap(d)-len(d))]
+			}
+			if err := s.codec.decodeFrame(d, id, t, f, src); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	par := 1
 	if len(frames) >= 4 {
 		par = min(s.opts.Workers, len(frames)/2)
 	}
 	if par <= 1 {
-		for _, f := range frames {
-			if err := one(f); err != nil {
-				return err
-			}
-		}
-		return nil
+		return run(0, len(frames))
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, par)
@@ -408,12 +423,7 @@ func (s *Store) decodeFrames(id ID, t *frameTable, stored []byte, base int64, ds
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < len(frames); i += par {
-				if err := one(frames[i]); err != nil {
-					errs[w] = err
-					return
-				}
-			}
+			errs[w] = run(w*len(frames)/par, (w+1)*len(frames)/par)
 		}()
 	}
 	wg.Wait()

@@ -120,16 +120,17 @@ type Store struct {
 	closed    chan struct{}
 
 	// ingest (ingest.go)
-	jobs      chan *chunkJob
-	workerWG  sync.WaitGroup
-	packMu    sync.Mutex
-	open      *packBuilder
-	pending   map[ID]*pendingChunk // chunks not yet committed to the index
-	inflight  map[PackID]chan struct{}
-	writeSem  chan struct{}
-	writeErr  error // sticky: the first failed pack write
-	packWG    sync.WaitGroup
-	chunkBufs sync.Pool
+	jobs     chan *chunkJob
+	workerWG sync.WaitGroup
+	packMu   sync.Mutex
+	open     *packBuilder
+	pending  map[ID]*pendingChunk // chunks not yet committed to the index
+	inflight map[PackID]chan struct{}
+	writeSem chan struct{}
+	writeErr error // sticky: the first failed pack write
+	packWG   sync.WaitGroup
+	blocks   sync.Pool // *inBlock, see Ingest
+	cdc      *cdc
 
 	// read (read.go)
 	rmu      sync.Mutex
@@ -237,6 +238,7 @@ func Open(dir string, opts OpenOptions) (*Store, error) {
 	} else if err := s.recoverPending(ctx); err != nil {
 		return nil, err
 	}
+	s.cdc = newCDC(cfg.polynomial(), cfg.Chunker.Min, cfg.Chunker.Max, cfg.Chunker.Avg)
 	s.startWorkers()
 	ok = true
 	return s, nil
