@@ -107,6 +107,9 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 			return nil, fmt.Errorf("engine: backup: %w", err)
 		}
 	}
+	// A restore --to original killed midway leaves its journal behind;
+	// finish it first so this backup never reads a half-restored VM.
+	r.recoverBeforeCheck(r.logf)
 	plan, err := planSources(o.Sources)
 	if err != nil {
 		return nil, err

@@ -34,10 +34,17 @@ kept: "Virtual Hard Disks/<disk>.vhdx", "Virtual Machines/<guid>.vmcx").
 
 --to original replaces the VM's original files (in their source format).
 Every file is written completely beside its target first and renamed over it
-only when all are written, so a failed or interrupted restore leaves the
-originals intact. Several --vm (or --vm A,B) restore the latest points of
-several VMs, --parallel at a time, each into DIR/<vm>. A file locked by another process (flock, or a byte-range
-lock as qemu takes) counts as in use and is refused unless --force.`,
+only when all are written, under a journal in the repository: a restore
+killed midway is finished by the next restore, check or backup, which puts
+the originals back unchanged or, when the kill came after the commit point,
+completes the restore; never a mix. A file locked by another process (flock,
+or a byte-range lock as qemu takes) counts as in use and is refused unless
+--force.
+
+Several --vm (or --vm A,B) restore the latest points of several VMs,
+--parallel at a time, each into DIR/<vm>. --limit takes a rate (50MiB/s) or
+a schedule ("Mon-Fri 08:00-18:00=20MiB/s,*=0"); --notify mailto:ADDR or
+https://URL reports the result.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(vms) == 0 {
