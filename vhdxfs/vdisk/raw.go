@@ -121,3 +121,27 @@ func wholeFile(size int64) []Extent {
 	}
 	return []Extent{{Off: 0, Len: size}}
 }
+
+// FileDataExtents returns the byte ranges of f's first size bytes that hold
+// host data, found with SEEK_DATA/SEEK_HOLE where the platform and file
+// system support them (elsewhere the whole file is one extent). Bytes
+// outside the result are holes and read as zeros. It walks the file once and
+// restores f's file offset afterwards, so positioned reads (ReadAt) are never
+// affected; it must not run concurrently with Read/Seek users of f.
+func FileDataExtents(f *os.File, size int64) ([]Extent, error) {
+	if size <= 0 {
+		return nil, nil
+	}
+	cur, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return wholeFile(size), nil // not seekable: assume data everywhere
+	}
+	ext, err := dataExtents(f, size)
+	if _, serr := f.Seek(cur, io.SeekStart); err == nil && serr != nil {
+		err = serr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return NormalizeExtents(ext, size), nil
+}

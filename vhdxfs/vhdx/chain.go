@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
@@ -88,6 +89,7 @@ func OpenFile(f io.ReaderAt, size int64, name string, opts Options) (*Disk, erro
 			return nil, err
 		}
 		l := newLayer(nm, r, info, p)
+		l.probeHost(sz)
 		if len(d.layers) > 0 {
 			if err := checkParent(d.layers[len(d.layers)-1], l); err != nil {
 				d.Close()
@@ -245,8 +247,11 @@ func rdCanon(p string) string {
 
 // Allocated returns the sorted extents that may hold data: the present
 // (fully or partially) blocks of every layer, where a layer's ZERO,
-// UNDEFINED or UNMAPPED block hides its parents, at block granularity and
-// clipped to the virtual size.
+// UNDEFINED or UNMAPPED block hides its parents, clipped to the virtual
+// size. When a layer file is an *os.File whose holes could be probed, the
+// parts of its FULLY_PRESENT blocks that lie in host-file holes read as
+// zeros: they are left out and, like a ZERO block, hide the parents below
+// them. PARTIALLY_PRESENT blocks always count whole.
 func (d *Disk) Allocated() []vdisk.Extent {
 	d.allocOnce.Do(func() {
 		var acc []vdisk.Extent
@@ -260,17 +265,64 @@ func (d *Disk) Allocated() []vdisk.Extent {
 }
 
 // extents lists the layer's present blocks and the blocks that read as
-// zeros regardless of the parents (both normalized).
+// zeros regardless of the parents (both normalized). The host-file holes of
+// a FULLY_PRESENT block count as zero, the rest as data.
 func (l *rdLayer) extents() (data, zero []vdisk.Extent) {
 	for b := range l.g.nb {
 		x := vdisk.Extent{Off: b * l.g.bs, Len: l.g.blockLen(b)}
-		switch batState(l.entry(b)) {
-		case PayloadFullyPresent, PayloadPartiallyPresent:
+		e := l.entry(b)
+		switch batState(e) {
+		case PayloadFullyPresent:
+			if !l.hostKnown {
+				data = rdAppendExtent(data, x)
+				break
+			}
+			data, zero = l.splitHost(data, zero, x, batOffset(e))
+		case PayloadPartiallyPresent:
 			data = rdAppendExtent(data, x)
 		case PayloadNotPresent:
 		default:
 			zero = rdAppendExtent(zero, x)
 		}
+	}
+	return data, zero
+}
+
+// probeHost records the host data extents of the layer's file when it is
+// an *os.File (size bytes). Any other ReaderAt, or a probe that fails,
+// leaves every present block counted whole.
+func (l *rdLayer) probeHost(size int64) {
+	f, ok := l.r.(*os.File)
+	if !ok {
+		return
+	}
+	ext, err := vdisk.FileDataExtents(f, size)
+	if err != nil {
+		return
+	}
+	l.host, l.hostKnown = ext, true
+}
+
+// splitHost appends the virtual range x of a FULLY_PRESENT block stored at
+// file offset fo to data where its file bytes are host data and to zero
+// where they are host holes (or past the end of the file, which reads as
+// zeros too).
+func (l *rdLayer) splitHost(data, zero []vdisk.Extent, x vdisk.Extent, fo int64) ([]vdisk.Extent, []vdisk.Extent) {
+	end := fo + x.Len
+	i := sort.Search(len(l.host), func(i int) bool { return l.host[i].End() > fo })
+	cur := fo
+	for ; i < len(l.host) && l.host[i].Off < end; i++ {
+		h := l.host[i]
+		if h.Off > cur {
+			zero = rdAppendExtent(zero, vdisk.Extent{Off: x.Off + cur - fo, Len: h.Off - cur})
+			cur = h.Off
+		}
+		hend := min(h.End(), end)
+		data = rdAppendExtent(data, vdisk.Extent{Off: x.Off + cur - fo, Len: hend - cur})
+		cur = hend
+	}
+	if cur < end {
+		zero = rdAppendExtent(zero, vdisk.Extent{Off: x.Off + cur - fo, Len: end - cur})
 	}
 	return data, zero
 }

@@ -33,6 +33,11 @@ type rdLayer struct {
 	bat      []uint64
 	info     *Info
 	dataGUID vdisk.GUID
+	// host lists the file ranges that hold host data (SEEK_DATA/SEEK_HOLE,
+	// found once at open) when hostKnown; ranges outside it are holes and
+	// read as zeros. Only Allocated uses it, never ReadAt.
+	host      []vdisk.Extent
+	hostKnown bool
 }
 
 func newLayer(name string, r io.ReaderAt, info *Info, p *rdParsed) *rdLayer {
