@@ -296,7 +296,10 @@ rm base.disk
 "$gen" diff -parent img/base.vhdx -out img/badlink.avhdx -seed badlink \
 	-linkage '{0badf00d-0000-4000-8000-000000000001}' \
 	-relative '.\base.vhdx' -absolute '\\?\C:\VMs\vmvault\base.vhdx' >/dev/null
-vhdiinfo img/child.avhdx | grep -qi 'parent identifier' || die "vhdiinfo: child has no parent identifier"
+# Capture first: with pipefail, grep -q exiting early SIGPIPEs the producer
+# and fails the pipeline even though the line was found.
+info=$(vhdiinfo img/child.avhdx)
+grep -qi 'parent identifier' <<<"$info" || die "vhdiinfo: child has no parent identifier"
 # Expected bytes from an independent reader (libvhdi) ...
 "$py" - img/child.avhdx img/base.vhdx img/child.expected.raw child.zero <<'EOF'
 import sys, pyvhdi
@@ -339,7 +342,8 @@ for spec in "gpt.raw 2048 EFI/vmvault/readme.txt" "gpt.raw 83968 日本語フォ
 	"gpt.raw 247808 dir/sub/subsub/file.txt" "mbr.raw 2048 mbr-ntfs.txt" \
 	"mbr.raw 83968 DIR1/Sub/inner.txt" "mbr.raw 167936 logical.txt" "nopart.raw 0 a/b/c.txt"; do
 	read -r f o p <<<"$spec"
-	fls -r -p -o "$o" "img/$f" | grep -qF "$p" || die "fls: $p not on $f@$o"
+	listing=$(fls -r -p -o "$o" "img/$f")
+	grep -qF "$p" <<<"$listing" || die "fls: $p not on $f@$o"
 done
 
 chmod a-w img/*
