@@ -18,7 +18,7 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
-	"github.com/dgraph-io/badger/v4/options"
+	"github.com/vmvault/vmvault/chunkstore"
 
 	"github.com/vmvault/vmvault/engine"
 )
@@ -146,24 +146,9 @@ type ScaleReport struct {
 	Notes       []string          `json:"notes"`
 }
 
-// openScaleIndex mirrors chunkstore/index.go openIndex.
+// openScaleIndex opens a Badger index with the chunk index's own options.
 func openScaleIndex(dir string) (*badger.DB, error) {
-	o := badger.DefaultOptions(dir).
-		WithLogger(nil).
-		WithMemTableSize(16 << 20).
-		WithNumMemtables(2).
-		WithNumLevelZeroTables(2).
-		WithNumLevelZeroTablesStall(8).
-		WithBaseTableSize(4 << 20).
-		WithBlockCacheSize(16 << 20).
-		WithIndexCacheSize(16 << 20).
-		WithValueLogFileSize(64 << 20).
-		WithNumCompactors(2).
-		WithCompression(options.None).
-		WithDetectConflicts(false).
-		WithNumVersionsToKeep(1).
-		WithMetricsEnabled(false)
-	return badger.Open(o)
+	return badger.Open(chunkstore.IndexOptions(dir))
 }
 
 // scaleID is the i-th chunk ID of a run: IDs are derived, not kept, so the

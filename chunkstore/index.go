@@ -76,12 +76,10 @@ type index struct {
 	db *badger.DB
 }
 
-// openIndex opens (creating) the Badger index tuned for small memory: the
-// values are 48 bytes and the keys random, so no compression, small
-// memtables and caches (Has/Get lookups are served by Badger's per-table
-// bloom filters and the OS page cache).
-func openIndex(dir string) (*index, error) {
-	o := badger.DefaultOptions(dir).
+// IndexOptions are the Badger options of the chunk index in dir. They are
+// exported so that `vmvault bench --scale` measures exactly this index.
+func IndexOptions(dir string) badger.Options {
+	return badger.DefaultOptions(dir).
 		WithLogger(nil).
 		WithMemTableSize(16 << 20).
 		WithNumMemtables(2).
@@ -96,7 +94,14 @@ func openIndex(dir string) (*index, error) {
 		WithDetectConflicts(false).
 		WithNumVersionsToKeep(1).
 		WithMetricsEnabled(false)
-	db, err := badger.Open(o)
+}
+
+// openIndex opens (creating) the Badger index tuned for small memory: the
+// values are 48 bytes and the keys random, so no compression, small
+// memtables and caches (Has/Get lookups are served by Badger's per-table
+// bloom filters and the OS page cache).
+func openIndex(dir string) (*index, error) {
+	db, err := badger.Open(IndexOptions(dir))
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: open index: %w", err)
 	}

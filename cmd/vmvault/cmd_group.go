@@ -115,10 +115,7 @@ backup: vmvault backup --group NAME --vm VM ...`,
 		Example: `  vmvault group add prod --repo /srv/vmvault web01 db01`,
 		Args:    minArgs(2, "give the group NAME and at least one VM"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := rf.check(); err != nil {
-				return err
-			}
-			cat, err := engine.OpenCatalog(rf.repo)
+			cat, err := rf.catalog()
 			if err != nil {
 				return err
 			}
@@ -151,10 +148,7 @@ nothing changes unless every VM can be removed.`,
 		Example: `  vmvault group remove prod --repo /srv/vmvault web01`,
 		Args:    minArgs(2, "give the group NAME and at least one VM"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := rf.check(); err != nil {
-				return err
-			}
-			cat, err := engine.OpenCatalog(rf.repo)
+			cat, err := rf.catalog()
 			if err != nil {
 				return err
 			}
@@ -190,10 +184,7 @@ func newGroupListCmd() *cobra.Command {
 		Example: `  vmvault group list --repo /srv/vmvault --json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := rf.check(); err != nil {
-				return err
-			}
-			cat, err := engine.OpenCatalog(rf.repo)
+			cat, err := rf.catalog()
 			if err != nil {
 				return err
 			}
@@ -256,10 +247,7 @@ recovery points, and its disk space:
   vmvault group show prod --repo /srv/vmvault --json | jq .space`,
 		Args: exactArgs(1, "give the group NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := rf.check(); err != nil {
-				return err
-			}
-			cat, err := engine.OpenCatalog(rf.repo)
+			cat, err := rf.catalog()
 			if err != nil {
 				return err
 			}
@@ -294,10 +282,7 @@ takes every member out. Recovery points are never deleted by this: they stay
   vmvault group delete old --repo /srv/vmvault --force`,
 		Args: exactArgs(1, "give the group NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := rf.check(); err != nil {
-				return err
-			}
-			cat, err := engine.OpenCatalog(rf.repo)
+			cat, err := rf.catalog()
 			if err != nil {
 				return err
 			}

@@ -38,10 +38,7 @@ func newRPListCmd() *cobra.Command {
 files: it needs no password and works while a backup runs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := rf.check(); err != nil {
-				return err
-			}
-			cat, err := engine.OpenCatalog(rf.repo)
+			cat, err := rf.catalog()
 			if err != nil {
 				return err
 			}

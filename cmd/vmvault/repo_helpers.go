@@ -38,6 +38,15 @@ func (f *repoFlags) check() error {
 	return nil
 }
 
+// catalog checks --repo and opens the repository's catalog (no password:
+// the catalog holds no secrets and works while another process has the store).
+func (f *repoFlags) catalog() (*engine.Catalog, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	return engine.OpenCatalog(f.repo)
+}
+
 // password returns the password from --password-file or VMVAULT_PASSWORD
 // (never from argv: it would show in ps and shell history), or nil.
 func (f *repoFlags) password() ([]byte, error) {

@@ -1,6 +1,8 @@
 package retention
 
 import (
+	"github.com/vmvault/vmvault/engine/internal/weekday"
+
 	"fmt"
 	"sort"
 	"strconv"
@@ -302,16 +304,6 @@ func ParseWeekly(spec string, loc *time.Location) (Weekly, error) {
 	return w, nil
 }
 
-var dayNames = map[string]time.Weekday{
-	"mon": time.Monday, "monday": time.Monday,
-	"tue": time.Tuesday, "tuesday": time.Tuesday,
-	"wed": time.Wednesday, "wednesday": time.Wednesday,
-	"thu": time.Thursday, "thursday": time.Thursday,
-	"fri": time.Friday, "friday": time.Friday,
-	"sat": time.Saturday, "saturday": time.Saturday,
-	"sun": time.Sunday, "sunday": time.Sunday,
-}
-
 // ParseDays parses "daily", "*", or a comma list of days and ranges
 // ("Mon-Fri,Sun") into a set indexed by time.Weekday.
 func ParseDays(s string) ([7]bool, error) {
@@ -322,31 +314,5 @@ func ParseDays(s string) ([7]bool, error) {
 		}
 		return set, nil
 	}
-	day := func(n string) (time.Weekday, error) {
-		d, ok := dayNames[strings.ToLower(strings.TrimSpace(n))]
-		if !ok {
-			return 0, fmt.Errorf("unknown day %q (want Mon..Sun, a range like Mon-Fri, or daily): %w", n, ErrInvalid)
-		}
-		return d, nil
-	}
-	for _, part := range strings.Split(s, ",") {
-		from, to, isRange := strings.Cut(part, "-")
-		a, err := day(from)
-		if err != nil {
-			return set, err
-		}
-		b := a
-		if isRange {
-			if b, err = day(to); err != nil {
-				return set, err
-			}
-		}
-		for d := a; ; d = (d + 1) % 7 {
-			set[d] = true
-			if d == b {
-				break
-			}
-		}
-	}
-	return set, nil
+	return weekday.Parse(s, "Mon..Sun, a range like Mon-Fri, or daily", ErrInvalid)
 }

@@ -1,6 +1,8 @@
 package throttle
 
 import (
+	"github.com/vmvault/vmvault/engine/internal/weekday"
+
 	"errors"
 	"fmt"
 	"math"
@@ -238,45 +240,8 @@ func parseClock(s string, end bool) (int, error) {
 	return hh*60 + mm, nil
 }
 
-var dayNames = map[string]time.Weekday{
-	"mon": time.Monday, "monday": time.Monday,
-	"tue": time.Tuesday, "tuesday": time.Tuesday,
-	"wed": time.Wednesday, "wednesday": time.Wednesday,
-	"thu": time.Thursday, "thursday": time.Thursday,
-	"fri": time.Friday, "friday": time.Friday,
-	"sat": time.Saturday, "saturday": time.Saturday,
-	"sun": time.Sunday, "sunday": time.Sunday,
-}
-
 func parseDays(s string) ([7]bool, error) {
-	var set [7]bool
-	day := func(n string) (time.Weekday, error) {
-		d, ok := dayNames[strings.ToLower(strings.TrimSpace(n))]
-		if !ok {
-			return 0, fmt.Errorf("unknown day %q (want Mon..Sun, a range like Mon-Fri or a list like Sat,Sun): %w", n, ErrSyntax)
-		}
-		return d, nil
-	}
-	for _, part := range strings.Split(s, ",") {
-		from, to, isRange := strings.Cut(part, "-")
-		a, err := day(from)
-		if err != nil {
-			return set, err
-		}
-		b := a
-		if isRange {
-			if b, err = day(to); err != nil {
-				return set, err
-			}
-		}
-		for d := a; ; d = (d + 1) % 7 {
-			set[d] = true
-			if d == b {
-				break
-			}
-		}
-	}
-	return set, nil
+	return weekday.Parse(s, "Mon..Sun, a range like Mon-Fri or a list like Sat,Sun", ErrSyntax)
 }
 
 // rateUnits are matched case-sensitively, because "Mb" (megabit) and "MB"
