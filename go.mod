@@ -3,6 +3,7 @@ module github.com/vmvault/vmvault
 go 1.26.8
 
 require (
+	github.com/DataDog/zstd v1.5.7 // indirect
 	github.com/Velocidex/json v0.0.0-20220224052537-92f3c0326e5a // indirect
 	github.com/Velocidex/ordereddict v0.0.0-20230909174157-2aa49cc5d11d // indirect
 	github.com/Velocidex/yaml/v2 v2.2.8 // indirect

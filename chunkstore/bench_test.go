@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/restic/chunker"
 	"github.com/zeebo/blake3"
 )
@@ -39,9 +38,17 @@ func benchMB() int {
 }
 
 // benchRepo creates a K=8, M=2 repository over 10 pool directories with the
-// default chunking, zstd fastest, optionally encrypted.
+// default chunking, the compression of VMVAULT_BENCH_COMPRESSION (syntax of
+// ParseCompression, default zstd level 1), optionally encrypted.
 func benchRepo(b *testing.B, enc bool) (string, []byte) {
 	o := InitOptions{DataShards: 8, ParityShards: 2}
+	if v := os.Getenv("VMVAULT_BENCH_COMPRESSION"); v != "" {
+		m, l, err := ParseCompression(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		o.Compression, o.ZstdLevel = m, l
+	}
 	var pw []byte
 	if enc {
 		pw = []byte("bench")
@@ -463,27 +470,55 @@ func BenchmarkComponents(b *testing.B) {
 		}
 	})
 	const fs = DefaultFrameSize
-	e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1),
-		zstd.WithEncoderCRC(false), zstd.WithWindowSize(fs), zstd.WithSingleSegment(true))
-	zb := make([]byte, 0, 2*fs)
-	run("zstd-fastest-encode-64K", func() {
+	goZ, _ := newGoZstdCompressor(1, fs, 1)
+	nat1, _ := newZstdCompressor(1, fs, 1)
+	natM1, _ := newZstdCompressor(-1, fs, 1)
+	natM3, _ := newZstdCompressor(-3, fs, 1)
+	comps := []struct {
+		name string
+		c    frameCompressor
+	}{{"zstd-go-1", goZ}, {"zstd-native-1", nat1}, {"zstd-native-m1", natM1}, {"zstd-native-m3", natM3}, {"s2", s2Compressor{}}}
+	zb := make([]byte, 0, scratchLen)
+	for _, c := range comps {
+		out := 0
 		for i := 0; i < len(data); i += fs {
-			zb = e.EncodeAll(data[i:min(len(data), i+fs)], zb[:0])
+			out += len(c.c.compress(zb[:0], data[i:min(len(data), i+fs)]))
 		}
-	})
-	var frames [][]byte
-	for i := 0; i < len(data); i += fs {
-		frames = append(frames, e.EncodeAll(data[i:min(len(data), i+fs)], nil))
+		b.Logf("%s: compressed/raw %.3f", c.name, float64(out)/float64(len(data)))
+		run("encode-64K-"+c.name, func() {
+			for i := 0; i < len(data); i += fs {
+				c.c.compress(zb[:0], data[i:min(len(data), i+fs)])
+			}
+		})
 	}
-	d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
-	for _, slack := range []int{0, zstdSlack} {
-		out := make([]byte, fs+slack)
-		run(fmt.Sprintf("zstd-decode-64K-slack%d", slack), func() {
-			for _, f := range frames {
-				if _, err := d.DecodeAll(f, out[:0:fs+slack]); err != nil {
+	frames := func(c frameCompressor) [][]byte {
+		var fr [][]byte
+		for i := 0; i < len(data); i += fs {
+			fr = append(fr, c.compress(nil, data[i:min(len(data), i+fs)]))
+		}
+		return fr
+	}
+	zframes, sframes := frames(nat1), frames(s2Compressor{})
+	goDec, _ := newGoZstdDecoder(1)
+	natDec, _ := newZstdDecoder(1)
+	out := make([]byte, fs+zstdSlack)
+	for _, d := range []struct {
+		name string
+		dec  zstdDecoder
+	}{{"zstd-go", goDec}, {"zstd-native", natDec}} {
+		run("decode-64K-"+d.name, func() {
+			for i, f := range zframes {
+				if _, err := d.dec.decode(out[:min(fs, len(data)-i*fs)], f); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
 	}
+	run("decode-64K-s2", func() {
+		for i, f := range sframes {
+			if err := s2Decode(out[:min(fs, len(data)-i*fs)], f); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -47,8 +47,16 @@ const (
 	// enough that a repack or a repair moves little and ingest memory stays
 	// bounded (an open pack plus MaxPacksInFlight sealed ones).
 	DefaultPackSize = 32 << 20
-	// DefaultZstdLevel 1 = zstd "fastest": ~0.6 GB/s per core here, which
-	// is what the ingest target allows on two cores.
+	// DefaultCompression is s2: measured here (compress.go) it encodes 1.8x
+	// and decodes 1.5x faster than C zstd level 1 for 20 % more stored
+	// bytes (ratio 0.60 vs 0.50 on OS files), which is what lets a
+	// full backup, a restore and a mounted read keep up with two cores;
+	// still far below restic's repository size for the same image. Choose
+	// zstd at init when storage matters more than time (Veeam's default,
+	// "optimal", is the same trade: LZ4).
+	DefaultCompression = CompressionS2
+	// DefaultZstdLevel is the level of "zstd" without one: 1, the fastest
+	// positive level (negative ones are zstd's fast modes).
 	DefaultZstdLevel = 1
 	DefaultK         = 8
 	DefaultM         = 2
@@ -72,7 +80,7 @@ type Config struct {
 	Chunker ChunkerParams `json:"chunker"`
 
 	FrameSize   int    `json:"frame_size"`
-	Compression string `json:"compression"` // "zstd" or "none"
+	Compression string `json:"compression"` // "zstd", "s2" or "none"
 	ZstdLevel   int    `json:"zstd_level"`
 	PackSize    int    `json:"pack_size"`
 
@@ -115,9 +123,13 @@ type InitOptions struct {
 	ChunkMax     int
 	FrameSize    int // power of two in [4 KiB, 1 MiB]
 	PackSize     int
-	ZstdLevel    int  // zstd level 1..22; default 1
-	NoCompress   bool // store every frame raw
-	Password     []byte
+	// Compression is "s2" (default), "zstd" or "none"; ZstdLevel the zstd
+	// level, -7..-1 (fast levels) or 1..22, 0 = DefaultZstdLevel (a level
+	// without Compression means zstd).
+	Compression string
+	ZstdLevel   int
+	NoCompress  bool // store every frame raw (same as Compression "none")
+	Password    []byte
 	// KDFTime/KDFMemoryKiB lower the Argon2id cost (tests); zero = defaults.
 	KDFTime      uint32
 	KDFMemoryKiB uint32
@@ -220,12 +232,20 @@ func newConfig(dir string, o InitOptions) (*Config, error) {
 	if o.PackSize > 0 {
 		c.PackSize = o.PackSize
 	}
-	c.Compression, c.ZstdLevel = "zstd", DefaultZstdLevel
-	if o.ZstdLevel > 0 {
-		c.ZstdLevel = o.ZstdLevel
+	c.Compression, c.ZstdLevel = DefaultCompression, 0
+	switch {
+	case o.NoCompress:
+		c.Compression = CompressionNone
+	case o.Compression != "":
+		c.Compression = o.Compression
+	case o.ZstdLevel != 0:
+		c.Compression = CompressionZstd
 	}
-	if o.NoCompress {
-		c.Compression, c.ZstdLevel = "none", 0
+	if c.Compression == CompressionZstd {
+		c.ZstdLevel = DefaultZstdLevel
+		if o.ZstdLevel != 0 {
+			c.ZstdLevel = o.ZstdLevel
+		}
 	}
 	if err := c.validate(); err != nil {
 		return nil, err
@@ -335,9 +355,9 @@ func (c *Config) validate() error {
 		return bad("bad pack size %d", c.PackSize)
 	}
 	switch c.Compression {
-	case "none":
-	case "zstd":
-		if c.ZstdLevel < 1 || c.ZstdLevel > 22 {
+	case CompressionNone, CompressionS2:
+	case CompressionZstd:
+		if c.ZstdLevel == 0 || c.ZstdLevel < MinZstdLevel || c.ZstdLevel > MaxZstdLevel {
 			return bad("bad zstd level %d", c.ZstdLevel)
 		}
 	default:

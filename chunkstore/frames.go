@@ -9,8 +9,6 @@ import (
 	"math/bits"
 	"sync"
 	"sync/atomic"
-
-	"github.com/klauspost/compress/zstd"
 )
 
 // Chunk stored form ("blob"): a chunk is cut into frames of FrameSize raw
@@ -20,10 +18,11 @@ import (
 // each frame starts:
 //
 //	byte 0     version (1)
-//	byte 1     flags: bit0 sealed (AES-256-GCM per frame), bit1 CRC per frame
+//	byte 1     flags: bit0 sealed (AES-256-GCM per frame), bit1 CRC per frame,
+//	           bit2 the CRC also covers the chunk ID and frame index
 //	byte 2     log2(frame size), 12..20
 //	uvarint    raw length of the chunk
-//	per frame  uvarint stored length, byte method (0 raw, 1 zstd),
+//	per frame  uvarint stored length, byte method (0 raw, 1 zstd, 2 s2),
 //	           [u32 LE CRC-32C of the frame's plaintext, if bit1]
 //	frames     concatenated; a sealed frame is nonce(12) || GCM(payload)
 //
@@ -32,8 +31,11 @@ import (
 // count, the raw length, the method and the frame size, so a frame cannot be
 // moved, swapped or reinterpreted and a lying table fails authentication.
 // Unsealed frames carry a CRC-32C of their plaintext (cheap, catches damage
-// the shard checksums could not, e.g. a bug); a whole-chunk Get of an
-// unencrypted repository also checks the keyed BLAKE3 ID.
+// the shard checksums could not, e.g. a bug). Since 2026-11-26 that CRC
+// starts with the chunk ID and the frame index (bit2), so a frame read for
+// the wrong chunk or at the wrong place fails as a sealed one would, and a
+// whole-chunk Get no longer re-hashes the chunk with BLAKE3 (0.5 s of CPU
+// per GB here); blobs without bit2 still get the whole-chunk BLAKE3 check.
 // The table itself is not encrypted: it reveals per-64 KiB compressed sizes,
 // about what restic's blob sizes reveal.
 
@@ -41,6 +43,7 @@ const (
 	blobVersion  = 1
 	flagSealed   = 1 << 0
 	flagCRC      = 1 << 1
+	flagCRCID    = 1 << 2
 	methodRaw    = 0
 	methodZstd   = 1
 	minFrameSize = 4 << 10
@@ -57,6 +60,15 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
+// frameCRC is the CRC-32C of frame i of chunk id with plaintext raw, bound
+// to the chunk and the frame's place (flagCRCID).
+func frameCRC(id ID, i int, raw []byte) uint32 {
+	var pre [36]byte
+	copy(pre[:], id[:])
+	binary.LittleEndian.PutUint32(pre[32:], uint32(i))
+	return crc32.Update(crc32c(pre[:]), castagnoli, raw)
+}
+
 // frameEntry locates one frame inside a blob.
 type frameEntry struct {
 	off    int64 // from the start of the blob
@@ -71,6 +83,7 @@ type frameTable struct {
 	frameSize int
 	sealed    bool
 	hasCRC    bool
+	crcID     bool // CRCs cover the chunk ID and frame index
 	hdrLen    int
 	frames    []frameEntry
 }
@@ -126,14 +139,14 @@ func parseFrameTable(head []byte, storedLen int64) (*frameTable, error) {
 		return nil, bad("unknown version %d", head[0])
 	}
 	flags := head[1]
-	if flags&^(flagSealed|flagCRC) != 0 {
+	if flags&^(flagSealed|flagCRC|flagCRCID) != 0 || (flags&flagCRCID != 0 && flags&flagCRC == 0) {
 		return nil, bad("unknown flags %#x", flags)
 	}
 	shift := int(head[2])
 	if shift < bits.Len(minFrameSize)-1 || shift > bits.Len(maxFrameSize)-1 {
 		return nil, bad("bad frame size shift %d", shift)
 	}
-	t := &frameTable{frameSize: 1 << shift, sealed: flags&flagSealed != 0, hasCRC: flags&flagCRC != 0}
+	t := &frameTable{frameSize: 1 << shift, sealed: flags&flagSealed != 0, hasCRC: flags&flagCRC != 0, crcID: flags&flagCRCID != 0}
 	pos := 3
 	rl, n := binary.Uvarint(head[pos:])
 	if n <= 0 || rl > maxChunkRaw {
@@ -168,7 +181,7 @@ func parseFrameTable(head []byte, storedLen int64) (*frameTable, error) {
 			if sl != uint64(raw+over) {
 				return nil, bad("frame %d: raw frame of %d bytes stored as %d", i, raw, sl)
 			}
-		case methodZstd:
+		case methodZstd, methodS2:
 			if sl == 0 || sl > uint64(raw+over) {
 				return nil, bad("frame %d: bad stored length %d", i, sl)
 			}
@@ -197,52 +210,41 @@ func parseFrameTable(head []byte, storedLen int64) (*frameTable, error) {
 }
 
 // codec turns chunks into blobs and back. It is safe for concurrent use
-// (zstd EncodeAll/DecodeAll and cipher.AEAD are).
+// (the compressors, decoders and cipher.AEAD are).
 type codec struct {
 	frameSize int
 	shift     byte
-	zenc      *zstd.Encoder // nil: never compress
-	zdec      *zstd.Decoder
+	comp      frameCompressor // nil: never compress
+	zdec      zstdDecoder
 	aead      cipher.AEAD  // nil: unencrypted
-	scratch   sync.Pool    // *[]byte of frameSize+sealOverhead
+	scratch   sync.Pool    // *[]byte of scratchLen
 	decoded   atomic.Int64 // frames decoded (tests check single-flight)
 }
 
-func newCodec(frameSize int, zstdLevel int, aead cipher.AEAD, concurrency int) (*codec, error) {
+// scratchLen fits a sealed frame of maxFrameSize and the worst-case
+// compressed size of one (zstd's bound is len + len/256 + a little; s2's
+// is below len + len/6 + 32 only for incompressible input, where s2 still
+// writes at most that).
+const scratchLen = maxFrameSize + maxFrameSize/6 + 4096
+
+// newCodec makes the codec of a repository: compression is "zstd", "s2" or
+// "none" ("" = none), level the zstd level.
+func newCodec(frameSize int, compression string, level int, aead cipher.AEAD, concurrency int) (*codec, error) {
 	c := &codec{frameSize: frameSize, shift: byte(bits.Len(uint(frameSize)) - 1), aead: aead}
-	if zstdLevel > 0 {
-		e, err := zstd.NewWriter(nil,
-			zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(zstdLevel)),
-			zstd.WithEncoderConcurrency(concurrency),
-			zstd.WithEncoderCRC(false), // frames have their own CRC / GCM tag
-			zstd.WithWindowSize(max(frameSize, zstd.MinWindowSize)),
-			zstd.WithSingleSegment(true))
-		if err != nil {
-			return nil, fmt.Errorf("chunkstore: zstd: %w", err)
-		}
-		c.zenc = e
+	var err error
+	if c.comp, err = newFrameCompressor(compression, level, frameSize, concurrency); err != nil {
+		return nil, err
 	}
 	// The decoder is needed even when this repository never compresses:
-	// the blob format allows it. MaxMemory bounds what a hostile frame can
-	// make DecodeAll allocate.
-	d, err := zstd.NewReader(nil,
-		zstd.WithDecoderConcurrency(concurrency),
-		zstd.WithDecoderMaxMemory(maxFrameSize),
-		zstd.WithDecoderMaxWindow(maxFrameSize))
-	if err != nil {
-		return nil, fmt.Errorf("chunkstore: zstd: %w", err)
+	// the blob format allows it.
+	if c.zdec, err = newZstdDecoder(concurrency); err != nil {
+		return nil, err
 	}
-	c.zdec = d
-	c.scratch.New = func() any { b := make([]byte, 0, maxFrameSize+sealOverhead+zstdSlack); return &b }
+	c.scratch.New = func() any { b := make([]byte, 0, scratchLen); return &b }
 	return c, nil
 }
 
-func (c *codec) close() {
-	if c.zenc != nil {
-		c.zenc.Close()
-	}
-	c.zdec.Close()
-}
+func (c *codec) close() { c.zdec.close() }
 
 // frameAAD is the GCM additional data of frame i (see the format comment).
 func frameAAD(buf *[32 + 4 + 4 + 8 + 2]byte, id ID, i, n int, rawLen int64, method, shift byte) []byte {
@@ -257,7 +259,7 @@ func frameAAD(buf *[32 + 4 + 4 + 8 + 2]byte, id ID, i, n int, rawLen int64, meth
 
 // encStats are per-blob compression counters.
 type encStats struct {
-	rawFrames, zstdFrames int
+	rawFrames, zstdFrames int // zstdFrames counts compressed frames of any method
 }
 
 // encode appends the blob of chunk data (ID id) to dst and returns it.
@@ -269,7 +271,7 @@ func (c *codec) encode(dst []byte, id ID, data []byte, work *[]byte) ([]byte, en
 	if c.aead != nil {
 		flags |= flagSealed
 	} else {
-		flags |= flagCRC
+		flags |= flagCRC | flagCRCID
 	}
 	// Frames go to work first because the table in front needs their
 	// stored lengths.
@@ -287,16 +289,19 @@ func (c *codec) encode(dst []byte, id ID, data []byte, work *[]byte) ([]byte, en
 	for i := range nf {
 		raw := data[i*c.frameSize : i*c.frameSize+frameRawLen(int64(len(data)), c.frameSize, i)]
 		payload, method := raw, byte(methodRaw)
-		if c.zenc != nil && !looksIncompressible(raw) {
-			z := c.zenc.EncodeAll(raw, (*tmp)[:0])
+		if c.comp != nil && !looksIncompressible(raw) {
+			z := c.comp.compress((*tmp)[:0], raw)
 			// Keep compression only when it saves more than 1/32: a
 			// marginal gain is not worth decompressing on every read.
-			if len(z) < len(raw)-len(raw)/32 {
-				payload, method = z, methodZstd
+			// (A compressor that failed returns nil: store raw.)
+			if len(z) > 0 && len(z) < len(raw)-len(raw)/32 {
+				payload, method = z, c.comp.method()
 			}
-			*tmp = z[:0]
+			if cap(z) <= scratchLen {
+				*tmp = z[:0]
+			}
 		}
-		if method == methodZstd {
+		if method != methodRaw {
 			st.zstdFrames++
 		} else {
 			st.rawFrames++
@@ -312,7 +317,7 @@ func (c *codec) encode(dst []byte, id ID, data []byte, work *[]byte) ([]byte, en
 		}
 		f := fr{stored: len(body) - start, method: method}
 		if c.aead == nil {
-			f.crc = crc32c(raw)
+			f.crc = frameCRC(id, i, raw)
 		}
 		frs = append(frs, f)
 	}
@@ -388,15 +393,19 @@ func (c *codec) decodeFrame(dst []byte, id ID, t *frameTable, i int, stored []by
 			defer c.scratch.Put(sp)
 			out = (*sp)[:0:cap(*sp)]
 		}
-		out, err := c.zdec.DecodeAll(payload, out)
+		out, err := c.zdec.decode(out[:len(dst)], payload)
 		if err != nil || len(out) != len(dst) {
 			return fmt.Errorf("chunkstore: chunk %s frame %d: %w: decompress: %v", id, i, ErrCorrupt, err)
 		}
-		if &out[0] != &dst[0] {
+		if len(out) > 0 && &out[0] != &dst[0] {
 			copy(dst, out)
 		}
+	case methodS2:
+		if err := s2Decode(dst, payload); err != nil {
+			return fmt.Errorf("chunkstore: chunk %s frame %d: %w: decompress: %v", id, i, ErrCorrupt, err)
+		}
 	}
-	if t.hasCRC && crc32c(dst) != f.crc {
+	if t.hasCRC && !t.crcID && crc32c(dst) != f.crc || t.crcID && frameCRC(id, i, dst) != f.crc {
 		return fmt.Errorf("chunkstore: chunk %s frame %d: %w: checksum mismatch", id, i, ErrCorrupt)
 	}
 	return nil

@@ -15,8 +15,12 @@ func seedBlobs(t testing.TB) [][]byte {
 		t.Fatal(err)
 	}
 	var out [][]byte
-	for _, a := range []bool{false, true} {
-		c, err := newCodec(4096, 1, nil, 1)
+	for i, a := range []bool{false, true, false, true} {
+		comp := CompressionZstd
+		if i >= 2 {
+			comp = CompressionS2
+		}
+		c, err := newCodec(4096, comp, 1, nil, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -59,12 +63,12 @@ func FuzzFrameTable(f *testing.F) {
 	for _, b := range seedBlobs(f) {
 		f.Add(b, int64(len(b)))
 	}
-	c, err := newCodec(4096, 0, nil, 1)
+	c, err := newCodec(4096, CompressionNone, 0, nil, 1)
 	if err != nil {
 		f.Fatal(err)
 	}
 	aead, _ := newGCM(bytes.Repeat([]byte{7}, 32))
-	sc, _ := newCodec(4096, 0, aead, 1)
+	sc, _ := newCodec(4096, CompressionNone, 0, aead, 1)
 	f.Fuzz(func(t *testing.T, head []byte, stored int64) {
 		ft, err := parseFrameTable(head, stored)
 		if err != nil {

@@ -216,11 +216,7 @@ func Open(dir string, opts OpenOptions) (*Store, error) {
 			s.pools = append(s.pools, be)
 		}
 	}
-	zl := 0
-	if cfg.Compression == "zstd" {
-		zl = cfg.ZstdLevel
-	}
-	if s.codec, err = newCodec(cfg.FrameSize, zl, ks.aead, opts.Workers); err != nil {
+	if s.codec, err = newCodec(cfg.FrameSize, cfg.Compression, cfg.ZstdLevel, ks.aead, opts.Workers); err != nil {
 		return nil, err
 	}
 	if err := s.openIndex(); err != nil {

@@ -76,8 +76,12 @@ type InitOptions struct {
 	// KDFTime/KDFMemoryKiB lower the password KDF cost (tests only).
 	KDFTime      uint32
 	KDFMemoryKiB uint32
-	// Chunk sizes (tests only; 0 = chunkstore defaults).
+	// Chunk sizes and pack size (0 = chunkstore defaults).
 	ChunkMin, ChunkAvg, ChunkMax int
+	PackSize                     int
+	// Compression in chunkstore.ParseCompression syntax ("zstd",
+	// "zstd:-3", "s2", "none"); "" = the chunkstore default.
+	Compression string
 }
 
 // Init creates a repository (chunkstore plus an empty catalog) in dir.
@@ -94,6 +98,14 @@ func Init(dir string, o InitOptions) error {
 		ChunkMin:     o.ChunkMin,
 		ChunkAvg:     o.ChunkAvg,
 		ChunkMax:     o.ChunkMax,
+		PackSize:     o.PackSize,
+	}
+	if o.Compression != "" {
+		m, l, err := chunkstore.ParseCompression(o.Compression)
+		if err != nil {
+			return fmt.Errorf("engine: init: %w", err)
+		}
+		cso.Compression, cso.ZstdLevel = m, l
 	}
 	if o.ParityShards < 0 {
 		cso.NoParity = true
