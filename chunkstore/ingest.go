@@ -360,6 +360,8 @@ func (s *Store) Flush(ctx context.Context) error {
 type inBlock struct {
 	buf  []byte
 	refs atomic.Int32
+	// caller marks a caller's buffer (IngestBytes): never pooled.
+	caller bool
 }
 
 // blockSize is the input block size: several chunks per block, and room for
@@ -377,7 +379,7 @@ func (s *Store) getBlock() *inBlock {
 }
 
 func (s *Store) releaseBlock(b *inBlock) {
-	if b.refs.Add(-1) == 0 {
+	if b.refs.Add(-1) == 0 && !b.caller {
 		s.blocks.Put(b)
 	}
 }
@@ -395,34 +397,7 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader, fn func(Ref)) (Stats, e
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-
-	queue := make(chan *chunkJob, 2*s.opts.Workers+2)
-	var collErr error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for j := range queue {
-			<-j.done
-			if j.err != nil && collErr == nil {
-				collErr = j.err
-				cancel(j.err)
-			}
-			if collErr == nil {
-				st.Chunks++
-				st.BytesIn += int64(len(j.data))
-				if j.isNew {
-					st.NewChunks++
-					st.NewBytes += int64(len(j.data))
-					st.StoredBytes += int64(j.store)
-				}
-				if fn != nil {
-					fn(Ref{ID: j.id, Offset: j.off, Length: len(j.data)})
-				}
-			}
-			s.releaseBlock(j.blk)
-		}
-	}()
+	col := s.collect(ctx, cancel, fn)
 	var off int64
 	var err error
 	var cs cdcState
@@ -460,22 +435,100 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader, fn func(Ref)) (Stats, e
 		j := &chunkJob{data: blk.buf[start : start+n : start+n], blk: blk, off: off, done: make(chan struct{})}
 		start += n
 		off += int64(n)
-		queue <- j
+		col.queue <- j
 		if !s.submit(j) {
 			err = ErrClosed
 			break
 		}
 	}
 	s.releaseBlock(blk)
-	close(queue)
-	wg.Wait()
-	if collErr != nil {
-		return st, collErr
+	return col.finish(err)
+}
+
+// IngestBytes is Ingest of a stream held in memory: it chunks data in
+// place, with no copy into the store's input blocks, and returns only when
+// every chunk is processed, so the caller may reuse data afterwards.
+// Boundaries are the same as Ingest's of the same bytes.
+func (s *Store) IngestBytes(ctx context.Context, data []byte, fn func(Ref)) (Stats, error) {
+	if s.isClosed() {
+		return Stats{}, ErrClosed
 	}
-	if err != nil {
-		return st, err
+	if s.cdc == nil {
+		return Stats{}, fmt.Errorf("chunkstore: ingest: chunker polynomial %s has degree %d (want 9..53)",
+			s.cfg.Chunker.Polynomial, s.cfg.polynomial().Deg())
 	}
-	return st, nil
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	col := s.collect(ctx, cancel, fn)
+	blk := &inBlock{buf: data, caller: true}
+	blk.refs.Store(1)
+	var cs cdcState
+	var err error
+	for start := 0; start < len(data); {
+		if e := context.Cause(ctx); e != nil {
+			err = e
+			break
+		}
+		n := s.cdc.next(data[start:], &cs, true)
+		blk.refs.Add(1)
+		j := &chunkJob{data: data[start : start+n : start+n], blk: blk, off: int64(start), done: make(chan struct{})}
+		start += n
+		col.queue <- j
+		if !s.submit(j) {
+			err = ErrClosed
+			break
+		}
+	}
+	return col.finish(err)
+}
+
+// collector receives an ingest's jobs in stream order, waits for each, adds
+// up the stats, calls fn and cancels the ingest at the first failure.
+type collector struct {
+	queue chan *chunkJob
+	wg    sync.WaitGroup
+	st    Stats
+	err   error
+}
+
+func (s *Store) collect(ctx context.Context, cancel context.CancelCauseFunc, fn func(Ref)) *collector {
+	c := &collector{queue: make(chan *chunkJob, 2*s.opts.Workers+2)}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		for j := range c.queue {
+			<-j.done
+			if j.err != nil && c.err == nil {
+				c.err = j.err
+				cancel(j.err)
+			}
+			if c.err == nil {
+				c.st.Chunks++
+				c.st.BytesIn += int64(len(j.data))
+				if j.isNew {
+					c.st.NewChunks++
+					c.st.NewBytes += int64(len(j.data))
+					c.st.StoredBytes += int64(j.store)
+				}
+				if fn != nil {
+					fn(Ref{ID: j.id, Offset: j.off, Length: len(j.data)})
+				}
+			}
+			s.releaseBlock(j.blk)
+		}
+	}()
+	return c
+}
+
+// finish ends the job stream and waits for every job: after it returns no
+// worker touches the ingest's input any more.
+func (c *collector) finish(err error) (Stats, error) {
+	close(c.queue)
+	c.wg.Wait()
+	if c.err != nil {
+		return c.st, c.err
+	}
+	return c.st, err
 }
 
 // submit hands a job to the workers; false if the store closed.

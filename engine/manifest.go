@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -227,7 +226,7 @@ func (m *Manifest) pointer() *Pointer {
 // storeStream ingests b and returns its chunk refs and stats.
 func storeStream(ctx context.Context, st *chunkstore.Store, b []byte) ([]ChunkRef, chunkstore.Stats, error) {
 	var refs []ChunkRef
-	stats, err := st.Ingest(ctx, bytes.NewReader(b), func(r chunkstore.Ref) {
+	stats, err := st.IngestBytes(ctx, b, func(r chunkstore.Ref) {
 		refs = append(refs, ChunkRef{ID: ChunkID(r.ID), Len: int64(r.Length)})
 	})
 	return refs, stats, err

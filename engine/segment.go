@@ -295,7 +295,7 @@ func (w *segWorker) ingestChanged(ctx context.Context, stream []byte, prevExt []
 			t = since(&clk.chunk, t)
 		}
 		base := pos
-		st, err := w.st.Ingest(ctx, bytes.NewReader(stream[pos:stop]), func(r chunkstore.Ref) {
+		st, err := w.st.IngestBytes(ctx, stream[pos:stop], func(r chunkstore.Ref) {
 			r.Offset += base
 			refs = append(refs, r)
 		})
