@@ -244,12 +244,23 @@ func (s *Store) readRange(ctx context.Context, id ID, l location, off int64, p [
 		return err
 	}
 	if len(lead) > 0 {
-		// One buffer per frame: a cached frame must not pin its neighbours.
+		// A frame the read covers entirely decodes straight into p and is
+		// not cached: a sequential reader (a mount's block fill, a .raw
+		// copy) never comes back for it, and caching it would only evict
+		// the random-access working set. A frame the read covers in part
+		// gets its own buffer (a cached frame must not pin its neighbours)
+		// and is cached: the next small read is likely to want the rest.
 		vals := make([][]byte, len(lead))
+		direct := make([]bool, len(lead))
 		pos := make(map[int]int, len(lead))
 		for i, f := range lead {
 			n := frameRawLen(int64(l.Raw), fs, f)
-			vals[i] = make([]byte, n, n+zstdSlack) // spare room: see decodeFrame
+			start := int64(f) * int64(fs)
+			if start >= off && start+int64(n) <= off+int64(len(p)) {
+				vals[i], direct[i] = p[start-off:start-off+int64(n)], true
+			} else {
+				vals[i] = make([]byte, n, n+zstdSlack) // spare room: see decodeFrame
+			}
 			pos[f] = i
 		}
 		err := s.loadFrames(ctx, id, l, lead, false, func(f int) []byte { return vals[pos[f]] })
@@ -257,9 +268,14 @@ func (s *Store) readRange(ctx context.Context, id ID, l location, off int64, p [
 		for i, f := range lead {
 			k := frameKey{id, int32(f)}
 			c := lcalls[i]
-			if err != nil {
+			switch {
+			case err != nil:
 				c.err = err
-			} else {
+			case direct[i]:
+				if c.waiters > 0 {
+					c.val = append([]byte(nil), vals[i]...)
+				}
+			default:
 				c.val = vals[i]
 				got[f-f0] = vals[i]
 				s.frames.add(k, vals[i], int64(len(vals[i])))
@@ -283,14 +299,16 @@ func (s *Store) readRange(ctx context.Context, id ID, l location, off int64, p [
 		}
 		got[w.i-f0] = w.c.val
 	}
-	// Copy out of the (immutable) frame buffers.
-	pos := 0
+	// Copy out of the (immutable) frame buffers; frames decoded in place
+	// (nil here) are already there.
 	for i, b := range got {
-		f := f0 + i
-		start := int64(f) * int64(fs)
+		if b == nil {
+			continue
+		}
+		start := int64(f0+i) * int64(fs)
 		lo := max(off, start) - start
 		hi := min(off+int64(len(p)), start+int64(len(b))) - start
-		pos += copy(p[pos:], b[lo:hi])
+		copy(p[start+lo-off:], b[lo:hi])
 	}
 	return nil
 }

@@ -199,8 +199,21 @@ func (d *cachedDisk) ReadAt(p []byte, off int64) (int, error) {
 			n += int(m)
 			continue
 		}
-		if d.t != nil && d.lastBlock.Swap(b) == b-1 {
+		last := d.lastBlock.Swap(b)
+		if d.t != nil && last == b-1 {
 			d.readAhead(b + 1)
+		}
+		if last != b && last != b-1 && m <= smallRead && !d.c.has(cacheKey{d.id, b}) {
+			// A small read that jumped: random access (fio, a database
+			// file, filesystem metadata). Filling the whole block would
+			// decode ~16x the bytes asked for; the store's frame cache
+			// keeps what such a read decodes (one or two 64 KiB frames).
+			// A reader that stays in this block fills it on its next read.
+			if err := readFull(d.src, dst, pos); err != nil {
+				return n, err
+			}
+			n += int(m)
+			continue
 		}
 		blk, err := d.c.get(cacheKey{d.id, b}, func() ([]byte, error) { return d.fill(b) })
 		if err != nil {
@@ -214,6 +227,11 @@ func (d *cachedDisk) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return n, eof
 }
+
+// smallRead is the largest read that counts as random access when it
+// jumps (see ReadAt): FUSE splits big sequential reads into 128 KiB
+// requests, so those always count as big.
+const smallRead = 32 << 10
 
 // fill reads block b from the source.
 func (d *cachedDisk) fill(b int64) ([]byte, error) {
