@@ -3,6 +3,8 @@ package engine
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -165,6 +167,13 @@ func FuzzDecodeManifest(f *testing.F) {
 	f.Add([]byte(`{"version":1,"vm":"a","disks":[{"name":"d","identity":{"virtual_size":100},"segments":[{"off":0,"extents":[{"off":0,"len":50,"id":"` + string(bytes.Repeat([]byte("a"), 64)) + `"}]}]}]}`))
 	f.Add([]byte(`{"version":1,"config":[{"name":"Virtual Machines/x.vmcx","chunks":[]}]}`))
 	f.Add([]byte(`{}`))
+	packed, err := json.Marshal(Manifest{Version: ManifestVersion, Disks: []DiskManifest{{Name: "d",
+		Identity: vdisk.Identity{VirtualSize: 1 << 20}, Segments: []Segment{{Off: 4096, Extents: []Extent{
+			{Off: 4096, Len: 512, ID: ChunkID{1}}, {Off: 8192, Len: 100, ChunkOff: 7, ID: ChunkID{2}}}}}}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(packed)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := decodeManifest(b)
 		if err != nil {
@@ -270,5 +279,52 @@ func TestRPIDSuffix(t *testing.T) {
 	fi, _ := os.Stat(filepath.Join(dir, rpsDir, "g", want[0]+".json"))
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("pointer mode %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+// TestSegmentPacked: the packed form round-trips, the legacy form still
+// reads, and damaged packed data is refused.
+func TestSegmentPacked(t *testing.T) {
+	s := Segment{Off: 64 << 20, Hash: "h", Extents: []Extent{
+		{Off: 64 << 20, Len: 300 << 10, ChunkOff: 5, ID: ChunkID{1, 2}},
+		{Off: 64<<20 + 400<<10, Len: 1, ID: ChunkID{3}},
+		{Off: 128<<20 - 10, Len: 10, ChunkOff: 1 << 40, ID: ChunkID{31: 9}},
+	}}
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte("extents")) {
+		t.Fatalf("not packed: %s", b)
+	}
+	var got Segment
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Off != s.Off || got.Hash != s.Hash || len(got.Extents) != len(s.Extents) {
+		t.Fatalf("got %+v", got)
+	}
+	for i := range s.Extents {
+		if got.Extents[i] != s.Extents[i] {
+			t.Fatalf("extent %d: %+v, want %+v", i, got.Extents[i], s.Extents[i])
+		}
+	}
+	legacy := `{"off":0,"hash":"h","extents":[{"off":0,"len":5,"id":"` + strings.Repeat("0a", 32) + `"}]}`
+	if err := json.Unmarshal([]byte(legacy), &got); err != nil || len(got.Extents) != 1 || got.Extents[0].Len != 5 {
+		t.Fatalf("legacy: %v %+v", err, got)
+	}
+	for _, bad := range []string{
+		`{"off":0,"x":"!!"}`,
+		`{"off":0,"x":"AAAA"}`, // extent without its ID
+		`{"off":0,"x":"` + base64.RawStdEncoding.EncodeToString(append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 1, 0}, make([]byte, 32)...)) + `"}`,
+		`{"off":0,"x":"AQEA` + strings.Repeat("A", 43) + `","extents":[{"off":0,"len":1}]}`,
+	} {
+		var g Segment
+		if err := json.Unmarshal([]byte(bad), &g); err == nil {
+			t.Errorf("accepted %s: %+v", bad, g)
+		}
+	}
+	if _, err := json.Marshal(Segment{Off: 10, Extents: []Extent{{Off: 5, Len: 1}}}); err == nil {
+		t.Fatal("extent before its segment marshalled")
 	}
 }
