@@ -140,6 +140,9 @@ type OpenOptions struct {
 	Password []byte
 	// Workers for the chunkstore (hash/compress); 0 = GOMAXPROCS.
 	Workers int
+	// CacheBytes bounds the chunkstore's cache of decoded 64 KiB frames
+	// (what random reads decode); 0 = the chunkstore default (64 MiB).
+	CacheBytes int64
 	// Logf receives chunkstore events (repairs, recovery). Default: discard.
 	Logf func(format string, args ...any)
 }
@@ -171,7 +174,7 @@ func Open(dir string, o OpenOptions) (*Repo, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	st, err := chunkstore.Open(dir, chunkstore.OpenOptions{Password: o.Password, Workers: o.Workers, Logf: logf})
+	st, err := chunkstore.Open(dir, chunkstore.OpenOptions{Password: o.Password, Workers: o.Workers, CacheBytes: o.CacheBytes, Logf: logf})
 	if err != nil {
 		return nil, fmt.Errorf("engine: open %s: %w", dir, err)
 	}
