@@ -314,7 +314,12 @@ func (n *Node) Open(ctx context.Context) (*Handle, error) {
 		return nil, err
 	}
 	if c, ok := n.ops.(cacheableOps); ok && c.cacheable() {
-		r = newCachedDisk(fileDisk{r, n.info.Size}, n.t.cache, n.t.cacheID(n.path))
+		cd := newCachedDisk(fileDisk{r, n.info.Size}, n.t.cache, n.t.cacheID(n.path))
+		// Read-ahead on the file itself: its blocks are filled through the
+		// guest filesystem, one run lookup and one disk read each, which a
+		// single sequential reader would otherwise wait for one by one.
+		cd.t = n.t
+		r = cd
 	}
 	h := &Handle{t: n.t, path: n.path, r: r, size: n.info.Size, closer: closer}
 	if a, ok := n.ops.(allocOps); ok {

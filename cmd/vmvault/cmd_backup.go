@@ -68,7 +68,8 @@ create); a VM already in another group is refused.`,
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			o.Sources = args
-			pr := newProgress("backup "+o.VM, quiet || asJSON)
+			pr := newProgress(cmd.ErrOrStderr(), "backup "+o.VM, quiet || asJSON)
+			o.HookOutput = cmd.ErrOrStderr()
 			o.Progress = pr.update
 			if !quiet && !asJSON {
 				o.Logf = pr.logf

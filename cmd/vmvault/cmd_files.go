@@ -163,7 +163,7 @@ temporary name and renamed when complete.`,
 			defer closeAll()
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			pr := newProgress("copy "+path.Base(mount.CleanPath(args[0])), quiet)
+			pr := newProgress(cmd.ErrOrStderr(), "copy "+path.Base(mount.CleanPath(args[0])), quiet)
 			total := int64(0)
 			if !quiet {
 				total = treeBytes(ctx, tree, args[0])

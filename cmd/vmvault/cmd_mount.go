@@ -6,8 +6,10 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -68,18 +70,34 @@ vmvault files.`,
 			if _, err := mount.CheckMountpoint(args[0]); err != nil {
 				return err
 			}
+			// --cache-size is the whole decoded-data budget: a quarter for
+			// the store's 64 KiB frames (what random reads decode), the
+			// rest for the tree's 1 MiB blocks. The Go heap is held near
+			// it (plus room for metadata, manifests and FUSE buffers)
+			// instead of the 2x that GOGC alone would allow.
+			frames := max(size/4, 4<<20)
+			rf.frameCache = frames
+			setMountMemoryLimit(size)
 			repo, err := rf.open()
 			if err != nil {
 				return err
 			}
 			defer repo.Close()
 			logger := log.New(cmd.ErrOrStderr(), "", log.LstdFlags)
-			tree := mount.New(mount.EngineSource{Repo: repo}, mount.Options{CacheSize: size, ReadAhead: ra, Logf: logger.Printf})
+			tree := mount.New(mount.EngineSource{Repo: repo}, mount.Options{CacheSize: size - frames, ReadAhead: ra, Logf: logger.Printf})
 			srv, err := fusemount.Mount(tree, args[0], fusemount.Options{AllowOther: allowOther, Debug: debug})
 			if err != nil {
 				tree.Close()
 				return err
 			}
+			// Other vmvault commands cannot open the repository while this
+			// process holds it: they run through this one (forward.go).
+			// Deferred after repo.Close, so it runs before it.
+			fwd, err := startRepoServer(repo, rf.repo, srv.Dir(), logger.Printf)
+			if err != nil {
+				logger.Printf("warning: %v; other vmvault commands cannot use the repository until it is unmounted", err)
+			}
+			defer fwd.Close()
 			return serveMount(cmd, srv, tree, rf.repo)
 		},
 	}
@@ -124,6 +142,22 @@ func serveMount(cmd *cobra.Command, srv fusemount.Server, tree *mount.Tree, repo
 	}
 	return tree.Close()
 }
+
+// mountMemoryLimit is the Go memory limit of a mount process (0: none).
+var mountMemoryLimit atomic.Int64
+
+// setMountMemoryLimit bounds the mount's Go memory to the cache plus
+// mountMemoryOverhead. Forwarded commands that ingest (backup) need more:
+// the server raises the limit while one runs (forward.go).
+func setMountMemoryLimit(cache int64) {
+	mountMemoryLimit.Store(cache + mountMemoryOverhead)
+	debug.SetMemoryLimit(cache + mountMemoryOverhead)
+}
+
+// mountMemoryOverhead is what a mount needs beside its caches: catalog,
+// manifests and extent tables of entered recovery points, guest
+// filesystem metadata, FUSE request buffers, the index.
+const mountMemoryOverhead = 96 << 20
 
 // parseCacheSize reads a --cache-size (at least 4M).
 func parseCacheSize(s string) (int64, error) {

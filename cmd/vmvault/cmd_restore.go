@@ -72,7 +72,7 @@ https://URL reports the result.`,
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			label := "restore " + strings.Join(vms, ",")
-			pr := newProgress(label, quiet)
+			pr := newProgress(cmd.ErrOrStderr(), label, quiet)
 			// One bar for all VMs: the sum of their progress.
 			var mu sync.Mutex
 			done, total := make([]int64, len(vms)), make([]int64, len(vms))

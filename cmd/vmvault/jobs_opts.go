@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -18,13 +20,16 @@ type jobOpts struct {
 	limit   string
 	notify  []string
 	limiter *throttle.Limiter
+	cmd     *cobra.Command // for its stderr
 }
 
 func (j *jobOpts) registerLimit(cmd *cobra.Command) {
+	j.cmd = cmd
 	cmd.Flags().StringVar(&j.limit, "limit", "", `bandwidth limit: a rate ("50MiB/s") or a schedule ("Mon-Fri 08:00-18:00=20MiB/s,*=0")`)
 }
 
 func (j *jobOpts) registerNotify(cmd *cobra.Command) {
+	j.cmd = cmd
 	cmd.Flags().StringSliceVar(&j.notify, "notify", nil, "report the outcome to mailto:ADDR or an http(s) webhook URL (repeatable)")
 }
 
@@ -57,8 +62,8 @@ func (j *jobOpts) waitN() func(ctx context.Context, n int) error {
 // report sends the outcome to every --notify target. A failed notification
 // is a warning: the job itself has its result already.
 func (j *jobOpts) report(kind, vm, rp string, start time.Time, bytes int64, jobErr error) {
-	if len(j.notify) == 0 {
-		return
+	if len(j.notify) == 0 || errors.As(jobErr, new(*forwardedExit)) {
+		return // the mount process ran the job and reported it
 	}
 	ev := notify.Event{Event: kind, Status: notify.StatusOK, VM: vm, RP: rp, Started: start, Finished: time.Now(), Bytes: bytes}
 	if jobErr != nil {
@@ -68,6 +73,10 @@ func (j *jobOpts) report(kind, vm, rp string, start time.Time, bytes int64, jobE
 	defer cancel()
 	var n notify.Notifier
 	if err := n.NotifyAll(ctx, j.notify, ev); err != nil {
-		fmt.Fprintf(os.Stderr, "warning: notification failed: %v\n", err)
+		w := io.Writer(os.Stderr)
+		if j.cmd != nil {
+			w = j.cmd.ErrOrStderr()
+		}
+		fmt.Fprintf(w, "warning: notification failed: %v\n", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/vmvault/vmvault/chunkstore"
 	"github.com/vmvault/vmvault/engine"
 )
 
@@ -24,6 +25,9 @@ import (
 type repoFlags struct {
 	repo         string
 	passwordFile string
+	// frameCache sizes the chunkstore's frame cache (0 = its default);
+	// the mount sets it from --cache-size.
+	frameCache int64
 }
 
 func (f *repoFlags) register(cmd *cobra.Command) {
@@ -68,16 +72,40 @@ func (f *repoFlags) password() ([]byte, error) {
 }
 
 // open opens the repository (password checked here).
+//
+// While the repository is mounted (vmvault mount holds it; one process
+// at a time) the whole command runs in the mount process instead
+// (forward.go): open then returns a *forwardedExit, which main turns into
+// the exit code. Inside the mount process, a command run that way
+// borrows the mount's open repository.
 func (f *repoFlags) open() (*engine.Repo, error) {
 	if err := f.check(); err != nil {
 		return nil, err
+	}
+	s := serving.Load()
+	if s != nil && s.serves(f.repo) {
+		return s.repo.Borrow(), nil
+	}
+	// The socket is tried before the password: the mount needs none from
+	// us, and the key derivation would be slow for nothing.
+	if s == nil {
+		if code, ok := forwardFromCLI(f.repo); ok {
+			return nil, &forwardedExit{code}
+		}
 	}
 	pw, err := f.password()
 	if err != nil {
 		return nil, err
 	}
-	return engine.Open(f.repo, engine.OpenOptions{Password: pw,
+	repo, err := engine.Open(f.repo, engine.OpenOptions{Password: pw, CacheBytes: f.frameCache,
 		Logf: func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }})
+	if errors.Is(err, chunkstore.ErrLocked) && s == nil {
+		// A mount that started after the first look.
+		if code, ok := forwardFromCLI(f.repo); ok {
+			return nil, &forwardedExit{code}
+		}
+	}
+	return repo, err
 }
 
 // signalContext is cancelled by SIGINT/SIGTERM so that an interrupted
@@ -96,6 +124,19 @@ func printJSON(w io.Writer, v any) error {
 // progress lines, for logs and pipes).
 func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
+// writerIsTerminal reports whether w is a terminal: the process's own, or
+// for a command run by the mount process for another one (forward.go) the
+// other's.
+func writerIsTerminal(w io.Writer) bool {
+	switch v := w.(type) {
+	case *os.File:
+		return isTerminal(v)
+	case interface{ IsTerminal() bool }:
+		return v.IsTerminal()
+	}
+	return false
+}
+
 // progress renders byte progress: a bar with rate and ETA on a terminal,
 // otherwise one plain line per 10% or per 10 seconds, whichever is first.
 type progress struct {
@@ -108,10 +149,13 @@ type progress struct {
 	lastPct  int
 	total    int64
 	quiet    bool
+	tty      bool
 }
 
-func newProgress(label string, quiet bool) *progress {
-	return &progress{label: label, w: os.Stderr, start: time.Now(), lastPct: -1, quiet: quiet}
+// newProgress draws on w, the command's stderr (cmd.ErrOrStderr(): in the
+// mount process that is the stream back to the client, not os.Stderr).
+func newProgress(w io.Writer, label string, quiet bool) *progress {
+	return &progress{label: label, w: w, tty: writerIsTerminal(w), start: time.Now(), lastPct: -1, quiet: quiet}
 }
 
 // update is safe for concurrent use.
@@ -121,11 +165,11 @@ func (p *progress) update(done, total int64) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if isTerminal(os.Stderr) {
+	if p.tty {
 		if p.bar == nil || total != p.total {
 			if p.bar == nil {
 				p.bar = progressbar.NewOptions64(total,
-					progressbar.OptionSetWriter(os.Stderr),
+					progressbar.OptionSetWriter(p.w),
 					progressbar.OptionSetDescription(p.label),
 					progressbar.OptionShowBytes(true),
 					progressbar.OptionShowTotalBytes(true),
@@ -178,7 +222,7 @@ func (p *progress) finish() {
 	defer p.mu.Unlock()
 	if p.bar != nil {
 		p.bar.Finish()
-		fmt.Fprintln(os.Stderr)
+		fmt.Fprintln(p.w)
 	}
 }
 
