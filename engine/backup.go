@@ -57,6 +57,11 @@ type BackupOptions struct {
 	Workers int
 	// now is the clock (tests).
 	now func() time.Time
+	// trigger and vmGUID are set by the scheduler (schedule.go): the
+	// schedule kinds that made the backup due (recorded in the job), and
+	// the VM's GUID, so sources without a .vmcx still find their VM when
+	// several share its name.
+	trigger, vmGUID string
 }
 
 // BackupResult is the summary of a backup.
@@ -87,9 +92,10 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 		return nil, errors.New("engine: backup: VM name required")
 	}
 	job := r.startJob("backup", o.VM)
+	job.Group, job.Trigger = o.Group, o.trigger
 	defer func() {
 		if res != nil {
-			job.RP = res.Pointer.ID
+			job.RP, job.Full = res.Pointer.ID, res.Manifest.Full
 			job.BytesRead, job.BytesNew, job.BytesStored = res.Manifest.BytesRead, res.Manifest.BytesNew, res.Manifest.BytesStored
 			job.Warnings = res.Warnings
 		}
@@ -114,11 +120,15 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 	if err != nil {
 		return nil, err
 	}
-	vm, err := r.resolveVM(o.VM, plan.vmGUID, o.Group, start)
+	guid := plan.vmGUID
+	if guid == "" {
+		guid = o.vmGUID
+	}
+	vm, err := r.resolveVM(o.VM, guid, o.Group, start)
 	if err != nil {
 		return nil, err
 	}
-	job.VMGUID = vm.GUID
+	job.VMGUID, job.Group = vm.GUID, vm.Group
 
 	// Previous recovery point for incremental reuse.
 	var prev *Manifest
@@ -344,6 +354,13 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 // resolveVM finds or creates the VM record: by the GUID of its .vmcx when
 // there is one (a renamed VM keeps its history), else by name.
 func (r *Repo) resolveVM(name, guid, group string, now time.Time) (VM, error) {
+	// Read-modify-write of the VM record: under the catalog write lock, so
+	// a concurrent `group add` or rename is not lost.
+	unlock, err := r.cat.lock()
+	if err != nil {
+		return VM{}, fmt.Errorf("engine: backup: %w", err)
+	}
+	defer unlock()
 	vms, err := r.cat.vms()
 	if err != nil {
 		return VM{}, fmt.Errorf("engine: catalog: %w", err)

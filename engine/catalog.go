@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmvault/vmvault/internal/flock"
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
 )
 
@@ -42,7 +44,38 @@ type VM struct {
 // catalog is the directory of small JSON files beside the chunkstore. Every
 // write is temp+fsync+rename(or link)+dir fsync with mode 0600, and readers
 // never lock: a file is either absent or complete.
+//
+// Writers that read, decide and write (group membership, VM records,
+// forget) hold the catalog write lock (lock) around that section, so two
+// processes (two `group add`, a `forget` and a backup) cannot lose each
+// other's update. Writes that cannot conflict take no lock: a new
+// recovery point's pointer (linked under a fresh name), job records (one
+// file per job), restore journals.
 type catalog struct{ dir string }
+
+// catalogLockFile is the catalog write lock (internal/flock: released by
+// the kernel when its holder dies, so it is never stale).
+const catalogLockFile = "catalog/lock"
+
+// catalogLockTimeout bounds the wait for the catalog write lock. Holders
+// keep it for a few file writes; a wait this long means a hung process.
+var catalogLockTimeout = 30 * time.Second
+
+// lock takes the catalog write lock and returns its release. It is not
+// re-entrant: a holder must not call anything that takes it again.
+func (c *catalog) lock() (unlock func(), err error) {
+	if err := os.MkdirAll(c.path(catalogDir), 0o700); err != nil {
+		return nil, fmt.Errorf("catalog lock: %w", err)
+	}
+	l, err := flock.Wait(context.Background(), c.path(catalogLockFile), catalogLockTimeout)
+	if errors.Is(err, flock.ErrLocked) {
+		return nil, fmt.Errorf("catalog lock %s held by another process for %v: %w", c.path(catalogLockFile), catalogLockTimeout, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("catalog lock: %w", err)
+	}
+	return func() { l.Unlock() }, nil
+}
 
 func (c *catalog) path(rel ...string) string {
 	return filepath.Join(append([]string{c.dir}, rel...)...)

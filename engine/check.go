@@ -33,6 +33,9 @@ type CheckReport struct {
 	RecoveryPoints int                      `json:"recovery_points"`
 	Chunks         int                      `json:"chunks_referenced"`
 	Problems       []RPProblem              `json:"problems,omitempty"`
+	// BytesRead is what the check read from the repository: every
+	// manifest, and with ReadData every shard file (data and parity).
+	BytesRead int64 `json:"bytes_read"`
 }
 
 // OK reports whether storage and every recovery point are intact.
@@ -44,6 +47,9 @@ func (c *CheckReport) OK() bool { return c.Store.OK() && len(c.Problems) == 0 }
 func (r *Repo) Check(ctx context.Context, o CheckOptions) (rep *CheckReport, err error) {
 	job := r.startJob("check", "")
 	defer func() {
+		if rep != nil {
+			job.BytesRead = rep.BytesRead
+		}
 		if err == nil && !rep.OK() {
 			r.finishJob(job, fmt.Errorf("engine: check: problems found"))
 			return
@@ -63,6 +69,9 @@ func (r *Repo) Check(ctx context.Context, o CheckOptions) (rep *CheckReport, err
 	rep.Store, err = r.store.Check(ctx, o.ReadData)
 	if err != nil {
 		return nil, fmt.Errorf("engine: check: %w", err)
+	}
+	if o.ReadData {
+		rep.BytesRead += r.packBytes()
 	}
 	vms, err := r.cat.vms()
 	if err != nil {
@@ -86,6 +95,7 @@ func (r *Repo) Check(ctx context.Context, o CheckOptions) (rep *CheckReport, err
 				rep.Problems = append(rep.Problems, prob)
 				continue
 			}
+			rep.BytesRead += p.ManifestSize
 			// present caches Has answers across recovery points (most
 			// chunks are shared by consecutive ones).
 			refs := map[chunkstore.ID]bool{}

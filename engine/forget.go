@@ -98,6 +98,13 @@ func (c *Catalog) Forget(o ForgetOptions) (rep *ForgetReport, err error) {
 		}
 		c.finishJob(job, err)
 	}()
+	// Decisions and removals under the catalog write lock: two forgets
+	// (or a forget and a group change) see each other's result.
+	unlock, err := c.cat.lock()
+	if err != nil {
+		return nil, fmt.Errorf("engine: forget: %w", err)
+	}
+	defer unlock()
 
 	var vms []VM
 	var group *Group

@@ -129,6 +129,11 @@ func (r *Catalog) CreateGroup(g Group) (Group, error) {
 	if err := os.MkdirAll(r.cat.path(groupsDir), 0o700); err != nil {
 		return Group{}, fmt.Errorf("engine: create group: %w", err)
 	}
+	unlock, err := r.cat.lock()
+	if err != nil {
+		return Group{}, fmt.Errorf("engine: create group: %w", err)
+	}
+	defer unlock()
 	if err := writeFileAtomic(r.cat.groupPath(g.Name), b, true); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return Group{}, fmt.Errorf("engine: create group: group %q already exists", g.Name)
@@ -195,7 +200,16 @@ func (r *Catalog) GroupMembers(name string) ([]VM, error) {
 // name. A VM already in another group is refused (remove it there first),
 // and nothing changes unless every VM can be added. It returns the VMs
 // whose record changed (a VM already in the group is no change).
+//
+// The whole decision holds the catalog write lock: two concurrent adds of
+// one VM to two groups cannot both succeed, and a concurrent backup that
+// renames the VM cannot drop the membership.
 func (r *Catalog) AddToGroup(name string, vms ...string) ([]VM, error) {
+	unlock, err := r.cat.lock()
+	if err != nil {
+		return nil, fmt.Errorf("engine: group %s: %w", name, err)
+	}
+	defer unlock()
 	if _, err := r.Group(name); err != nil {
 		return nil, err
 	}
@@ -231,6 +245,11 @@ func (r *Catalog) AddToGroup(name string, vms ...string) ([]VM, error) {
 // error, and nothing changes unless every VM can be removed. Their
 // recovery points keep the group they were made in.
 func (r *Catalog) RemoveFromGroup(name string, vms ...string) ([]VM, error) {
+	unlock, err := r.cat.lock()
+	if err != nil {
+		return nil, fmt.Errorf("engine: group %s: %w", name, err)
+	}
+	defer unlock()
 	if _, err := r.Group(name); err != nil {
 		return nil, err
 	}
@@ -258,6 +277,11 @@ func (r *Catalog) RemoveFromGroup(name string, vms ...string) ([]VM, error) {
 // force, which first takes every member out (their recovery points stay,
 // and keep their recorded group). It returns the members taken out.
 func (r *Catalog) DeleteGroup(name string, force bool) ([]VM, error) {
+	unlock, err := r.cat.lock()
+	if err != nil {
+		return nil, fmt.Errorf("engine: delete group %s: %w", name, err)
+	}
+	defer unlock()
 	if _, err := r.Group(name); err != nil {
 		return nil, err
 	}

@@ -64,11 +64,12 @@ type restoreItem struct {
 // written completely under a temporary name beside its target and fsynced;
 // only when all are written are they renamed over the targets. A failure
 // (a full disk, a read error) removes the temporary files and leaves every
-// target untouched. Restores to the original files commit through a
-// durable journal (restore_commit.go): after a kill, the next restore or
-// check leaves the originals all unchanged or, past the commit point, all
-// restored. (Into a directory, a crash in the short rename phase can leave
-// some files renamed and others as ".vmvault-restore-*" temporaries.)
+// target untouched. Every restore, to the original files or into a
+// directory (where --force overwrites existing files), commits through a
+// durable journal (restore_commit.go): after a kill, the next restore,
+// check or backup leaves the targets all as they were before (existing
+// files unchanged, new ones absent, temporaries removed) or, past the
+// commit point, all restored.
 func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResult, err error) {
 	job := r.startJob("restore", o.VM)
 	defer func() {
@@ -119,7 +120,9 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 	for _, d := range m.Disks {
 		total += d.BytesData
 	}
-	var done atomic.Int64
+	// done counts disk data (the progress), configDone configuration
+	// file bytes: together the job's bytes written.
+	var done, configDone atomic.Int64
 	progress := func(ctx context.Context, n int64) error {
 		v := done.Add(n)
 		if o.Progress != nil {
@@ -173,7 +176,11 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 		}
 		fr := newFileReader(r.store, cf.Chunks)
 		items = append(items, restoreItem{final: final, write: func(ctx context.Context, tmp string) error {
-			return writeStreamFile(ctx, tmp, fr)
+			if err := writeStreamFile(ctx, tmp, fr); err != nil {
+				return err
+			}
+			configDone.Add(fr.Size())
+			return nil
 		}})
 	}
 
@@ -191,18 +198,16 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 			return nil, fmt.Errorf("engine: restore: %s exists (use --force to overwrite)", it.final)
 		}
 	}
-	dirs := map[string]bool{}
 	for i := range items {
 		dir := filepath.Dir(items[i].final)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("engine: restore: %w", err)
 		}
-		dirs[dir] = true
 		items[i].tmp = filepath.Join(dir, "."+filepath.Base(items[i].final)+".vmvault-restore-"+randHex(4))
 	}
-	// Restores to original files are journaled before any temporary
-	// exists, so a kill at any point can be recovered (restore_commit.go).
-	jr, err := r.beginOriginalRestore(o, p, m, items)
+	// Journaled before any temporary exists, so a kill at any point can
+	// be recovered (restore_commit.go).
+	jr, err := r.beginRestore(o, p, m, items)
 	if err != nil {
 		return nil, err
 	}
@@ -221,31 +226,15 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 			o.Logf("wrote %s", it.final)
 		}
 	}
-	res = &RestoreResult{Manifest: m}
-	if jr != nil {
-		// Original files: all-or-nothing commit, even across a kill.
-		if err := jr.commit(r.restoreLogf(o)); err != nil {
-			return nil, err
-		}
-		for _, it := range items {
-			res.Files = append(res.Files, it.final)
-		}
-		res.BytesWritten = done.Load()
-		return res, nil
+	// All-or-nothing commit, even across a kill.
+	if err := jr.commit(r.restoreLogf(o)); err != nil {
+		return nil, err
 	}
+	res = &RestoreResult{Manifest: m}
 	for _, it := range items {
-		if err := os.Rename(it.tmp, it.final); err != nil {
-			cleanup()
-			return nil, fmt.Errorf("engine: restore: %w", err)
-		}
 		res.Files = append(res.Files, it.final)
 	}
-	for d := range dirs {
-		if err := syncDir(d); err != nil {
-			return nil, fmt.Errorf("engine: restore: sync %s: %w", d, err)
-		}
-	}
-	res.BytesWritten = done.Load()
+	res.BytesWritten = done.Load() + configDone.Load()
 	return res, nil
 }
 

@@ -1,11 +1,13 @@
 package engine
 
-// Crash-safe commit of a restore to the original location.
+// Crash-safe commit of a restore.
 //
 // A restore --to original replaces several files (disks, configuration
-// files), often in several directories. No file system renames several
-// files atomically, so the commit is made all-or-nothing by a small
-// durable journal in the repository catalog
+// files), often in several directories; a restore --to DIR --force may
+// overwrite files of an earlier restore there, and even into an empty
+// directory it creates several files. No file system renames several
+// files atomically, so every restore commits all-or-nothing through a
+// small durable journal in the repository catalog
 // (<repo>/catalog/restore-journal/<vm-guid>-<rand>.json), written with
 // temp+fsync+rename+dir fsync at every state change:
 //
@@ -29,11 +31,15 @@ package engine
 // and a "committed" one FORWARD (backups removed). Every recovery step is
 // idempotent, so a crash during recovery is recovered by the next one.
 //
-// Guarantee: after a kill at any moment and the next restore or check of
-// the repository, the original files are either all unchanged or, when the
+// Guarantee: after a kill at any moment and the next restore, check or
+// backup of the repository, the target files are either all as before
+// (existing ones unchanged, new ones absent, no temporaries) or, when the
 // kill came after the commit point, all restored; never a mix, and no
-// original's bytes are ever lost (until the commit point each one is at
-// its path or under its backup name, recorded in the durable journal).
+// existing file's bytes are ever lost (until the commit point each one is
+// at its path or under its backup name, recorded in the durable journal).
+// "Original" below means whatever file a restore replaces: the VM's own
+// file for --to original, a file already in the target directory for
+// --to DIR --force.
 
 import (
 	"encoding/json"
@@ -613,11 +619,15 @@ func (r *Repo) recoverBeforeRestore(o RestoreOptions) error {
 	return err
 }
 
-// beginOriginalRestore starts the journal of a restore to original files
-// (nil, nil for a restore into a directory).
-func (r *Repo) beginOriginalRestore(o RestoreOptions, p *Pointer, m *Manifest, items []restoreItem) (*restoreJournal, error) {
-	if o.To != RestoreOriginal {
-		return nil, nil
+// beginRestore starts the journal of a restore, to the original files or
+// into a directory alike.
+//
+// A journal that recovery could not finish (recoverBeforeRestore lets a
+// restore into a directory run past it) must not share a file with this
+// restore: its later rollback would put its backup over our result.
+func (r *Repo) beginRestore(o RestoreOptions, p *Pointer, m *Manifest, items []restoreItem) (*restoreJournal, error) {
+	if err := stuckJournalOverlap(filepath.Join(r.dir, restoreJournalDir), items); err != nil {
+		return nil, err
 	}
 	return beginRestoreJournal(filepath.Join(r.dir, restoreJournalDir), p.VMGUID, m.VM, p.ID, items, r.restoreLogf(o))
 }
@@ -632,4 +642,37 @@ func (r *Repo) recoverBeforeCheck(logf func(string, ...any)) {
 	if err := r.recoverRestores(logf); err != nil && logf != nil {
 		logf("check: %v", err)
 	}
+}
+
+// stuckJournalOverlap fails when a journal in dir that is not active in
+// this process lists one of the items' targets.
+func stuckJournalOverlap(dir string, items []restoreItem) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // no journal directory: nothing stuck
+	}
+	targets := map[string]bool{}
+	for _, it := range items {
+		targets[it.final] = true
+	}
+	for _, e := range ents {
+		name := e.Name()
+		path := filepath.Join(dir, name)
+		activeRestores.Lock()
+		active := activeRestores.journals[path]
+		activeRestores.Unlock()
+		if active || strings.HasPrefix(name, ".") || !strings.HasSuffix(name, ".json") {
+			continue
+		}
+		var j restoreJournal
+		if readJSON(path, &j) != nil {
+			continue
+		}
+		for _, f := range j.Files {
+			if targets[f.Original] {
+				return fmt.Errorf("engine: restore: %s belongs to an interrupted restore that could not be recovered (journal %s); fix what the recovery reported, then run vmvault check", f.Original, path)
+			}
+		}
+	}
+	return nil
 }

@@ -394,3 +394,118 @@ func TestJournalRestoreOriginal(t *testing.T) {
 	}
 	t.Logf("logs: %q", logs)
 }
+
+// TestJournalRestoreDirForce: a restore --to DIR --force over the files
+// of an earlier restore (changed since) commits through the journal too.
+// Killed at every step of its commit, then recovered as the next check
+// does: DIR holds either exactly the changed files (killed before the
+// commit point) or exactly the restored ones, never a mix, and no
+// temporary, backup or journal is left. A restore into an empty
+// directory killed in its rename phase leaves the directory empty.
+func TestJournalRestoreDirForce(t *testing.T) {
+	td := testdisks.Dir(t)
+	r, _ := newRepo(t)
+	vm := filepath.Join(t.TempDir(), "vm")
+	disk := filepath.Join(vm, "Virtual Hard Disks", "base.vhdx")
+	cfg := filepath.Join(vm, "Virtual Machines", "8A2B6F6E-1111-2222-3333-444455556666.vmcx")
+	os.MkdirAll(filepath.Dir(disk), 0o755)
+	os.MkdirAll(filepath.Dir(cfg), 0o755)
+	copyFile(t, filepath.Join(td, testdisks.BaseVHDX), disk)
+	os.WriteFile(cfg, []byte("config v1"), 0o644)
+	backup(t, r, BackupOptions{VM: "d", Sources: []string{vm}})
+
+	out := filepath.Join(t.TempDir(), "out")
+	files := []string{filepath.Join(out, "Virtual Hard Disks", "base.vhdx"), filepath.Join(out, "Virtual Machines", "8A2B6F6E-1111-2222-3333-444455556666.vmcx")}
+	opts := RestoreOptions{VM: "d", To: out, Force: true}
+	if _, err := r.Restore(context.Background(), opts); err != nil {
+		t.Fatal(err)
+	}
+	hashes := func() map[string]string {
+		h := map[string]string{}
+		for _, p := range files {
+			if _, err := os.Stat(p); err == nil {
+				h[p] = sha256File(t, p)
+			}
+		}
+		return h
+	}
+	restored := hashes()
+	change := func() {
+		fd, _ := os.OpenFile(files[0], os.O_WRONLY, 0)
+		fd.WriteAt([]byte("changed after the restore"), 3<<20)
+		fd.Close()
+		os.WriteFile(files[1], []byte("config edited by hand"), 0o644)
+	}
+	change()
+	changed := hashes()
+	if sameState(changed, restored) {
+		t.Fatal("change did not change the files")
+	}
+	strays := func() []string {
+		var s []string
+		for _, d := range []string{filepath.Dir(files[0]), filepath.Dir(files[1]), filepath.Join(r.dir, restoreJournalDir)} {
+			ents, _ := os.ReadDir(d)
+			for _, e := range ents {
+				if strings.HasPrefix(e.Name(), ".") || d == filepath.Join(r.dir, restoreJournalDir) {
+					s = append(s, e.Name())
+				}
+			}
+		}
+		return s
+	}
+	dead := func() { // what a killed process leaves: nothing in memory
+		journalCrashHook = nil
+		activeRestores.journals = map[string]bool{}
+		activeRestores.temps = map[string]bool{}
+	}
+	// Step 1 is the "renaming" save: 1..n covers the write phase end,
+	// the renames, the commit point and the cleanup.
+	rolledBack, rolledForward := 0, 0
+	for n := 1; ; n++ {
+		reached := crashAt(t, n)
+		_, err := r.Restore(context.Background(), opts)
+		top := *reached
+		dead()
+		if err == nil && top < n {
+			break // no step n: the restore completed
+		}
+		if !errors.Is(err, errSimulatedCrash) {
+			t.Fatalf("step %d: %v", n, err)
+		}
+		r.recoverBeforeCheck(nil)
+		switch got := hashes(); {
+		case sameState(got, changed):
+			rolledBack++
+		case sameState(got, restored):
+			rolledForward++
+		default:
+			t.Fatalf("killed at commit step %d: a mix after recovery: %v (changed %v, restored %v)", n, got, changed, restored)
+		}
+		if s := strays(); len(s) > 0 {
+			t.Errorf("killed at commit step %d: left after recovery: %v", n, s)
+		}
+		change()
+	}
+	if rolledBack == 0 || rolledForward == 0 {
+		t.Errorf("rolled back %d, forward %d: the kills missed a side of the commit point", rolledBack, rolledForward)
+	}
+	t.Logf("%d kills rolled back, %d rolled forward", rolledBack, rolledForward)
+
+	// An empty target killed after the first rename: nothing stays.
+	empty := filepath.Join(t.TempDir(), "empty")
+	crashAt(t, 4) // steps: renaming save, dir sync (no links: nothing existed), first rename | second rename
+	if _, err := r.Restore(context.Background(), RestoreOptions{VM: "d", To: empty}); !errors.Is(err, errSimulatedCrash) {
+		t.Fatalf("restore into an empty directory: %v", err)
+	}
+	dead()
+	if _, err := os.Stat(filepath.Join(empty, "Virtual Hard Disks", "base.vhdx")); err != nil {
+		t.Fatalf("killed after the first rename, but the disk is not in place: %v", err)
+	}
+	r.recoverBeforeCheck(nil)
+	filepath.WalkDir(empty, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			t.Errorf("left in the empty target after a rolled-back restore: %s", p)
+		}
+		return nil
+	})
+}

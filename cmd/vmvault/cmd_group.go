@@ -24,7 +24,10 @@ func newGroupCmd() *cobra.Command {
                     (vmvault forget --group G, or forget --vm V of a member,
                     without --keep-* flags)
   schedule          sync frequency (15m to 24h), daily recovery point times,
-                    express full backups; times are the server's local time
+                    express full backups; times are the server's local time.
+                    "vmvault schedule run" runs it (a service, or --once from
+                    cron); each member backs up the sources of its latest
+                    recovery point
 
 Groups live in the repository catalog (catalog/groups/<name>.json). A VM is in
 at most one group; it enters the catalog with its first backup, so a new VM
@@ -34,6 +37,7 @@ Recovery points record the group their VM was in when they were made.`,
   vmvault backup --repo /srv/vmvault --vm web01 --group prod /vms/web01
   vmvault group add prod --repo /srv/vmvault db01 app01
   vmvault group show prod --repo /srv/vmvault
+  vmvault schedule run --repo /srv/vmvault --dry-run
   vmvault forget --repo /srv/vmvault --group prod --dry-run`,
 	}
 	cmd.AddCommand(newGroupCreateCmd(), newGroupAddCmd(), newGroupRemoveCmd(), newGroupListCmd(),
@@ -62,7 +66,9 @@ func newGroupCreateCmd() *cobra.Command {
                            daily, Sun, Mon-Fri, Sat,Sun ... ("Sun 02:00")
 
 The schedule is checked (and its next run times shown) before anything is
-stored; a group name is 1-64 letters, digits, '.', '_' or '-'.`,
+stored; a group name is 1-64 letters, digits, '.', '_' or '-'. Nothing runs
+by itself: "vmvault schedule run" (as a service, or --once from cron or a
+systemd timer) backs up the members when they are due.`,
 		Example: `  vmvault group create prod --repo /srv/vmvault --retention-days 14 --sync-frequency 15m --rp-times 08:00,12:00,20:00 --express-full "Sun 02:00"
   vmvault group create lab --repo /srv/vmvault --retention-days 3`,
 		Args: exactArgs(1, "give the group NAME"),

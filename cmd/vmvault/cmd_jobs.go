@@ -22,8 +22,18 @@ func newJobsCmd() *cobra.Command {
 		Short: "List backup, restore, check, forget and prune jobs with their result",
 		Long: `List the job records of the repository, oldest first: every backup, restore,
 check, forget and prune (dry runs included, marked in --json) with its
-result. A job still "running" whose process is gone shows as interrupted.
---json also lists the recovery points a forget removed and any warnings.`,
+result. A job still "running" whose process is gone, or one stopped by
+SIGINT/SIGTERM, shows as interrupted. Backups the scheduler ran show what
+made them due: "backup (sync)", "backup (express full)" ...
+
+Byte counters, "-" where a kind has none:
+  READ     backup: source bytes read; check: bytes read from the repository
+           (manifests, and with --read-data every shard's data and parity)
+  NEW      backup: bytes the repository did not have yet (after dedup)
+  STORED   backup: what the new bytes took after compression (before parity)
+  WRITTEN  restore: disk data and configuration file bytes written
+--json has all four for every job (0 where unused), the recovery points a
+forget removed, and any warnings.`,
 		Example: `  vmvault jobs --repo /srv/vmvault
   vmvault jobs --repo /srv/vmvault --json | jq '.[] | select(.result != "ok")'`,
 		Args: cobra.NoArgs,
@@ -42,15 +52,18 @@ result. A job still "running" whose process is gone shows as interrupted.
 				return printJSON(cmd.OutOrStdout(), jobs)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "START\tKIND\tVM\tRP\tRESULT\tDURATION\tREAD\tNEW\tWRITTEN\tERROR")
+			fmt.Fprintln(tw, "START\tKIND\tVM\tRP\tRESULT\tDURATION\tREAD\tNEW\tSTORED\tWRITTEN\tERROR")
 			for _, j := range jobs {
 				dur := ""
 				if !j.End.IsZero() {
 					dur = j.End.Sub(j.Start).Round(time.Millisecond).String()
 				}
-				who, result := j.VM, j.Result
+				who, result, kind := j.VM, j.Result, j.Kind
 				if who == "" && j.Group != "" {
 					who = "group " + j.Group
+				}
+				if j.Trigger != "" {
+					kind += " (" + j.Trigger + ")"
 				}
 				switch {
 				case j.Kind == "forget" && j.DryRun:
@@ -60,8 +73,9 @@ result. A job still "running" whose process is gone shows as interrupted.
 				case j.DryRun:
 					result += " (dry run)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Start.Format(time.RFC3339), j.Kind, who, j.RP,
-					result, dur, fmtSize(j.BytesRead), fmtSize(j.BytesNew), fmtSize(j.BytesWritten), j.Error)
+				read, nw, stored, written := jobCounters(j)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Start.Format(time.RFC3339), kind, who, j.RP,
+					result, dur, read, nw, stored, written, j.Error)
 			}
 			return tw.Flush()
 		},
@@ -69,4 +83,19 @@ result. A job still "running" whose process is gone shows as interrupted.
 	rf.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "JSON output")
 	return cmd
+}
+
+// jobCounters formats a job's byte counters for the table: the ones its
+// kind fills, "-" for the others.
+func jobCounters(j engine.Job) (read, nw, stored, written string) {
+	read, nw, stored, written = "-", "-", "-", "-"
+	switch j.Kind {
+	case "backup":
+		read, nw, stored = fmtSize(j.BytesRead), fmtSize(j.BytesNew), fmtSize(j.BytesStored)
+	case "restore":
+		written = fmtSize(j.BytesWritten)
+	case "check":
+		read = fmtSize(j.BytesRead)
+	}
+	return
 }
