@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmvault/vmvault/chunkstore"
 	"github.com/vmvault/vmvault/engine"
 )
 
@@ -92,8 +93,10 @@ Modes:
               sources. Changes nothing.
 
 The repository is opened only while backups run, so other commands work in
-between (a mount holds it: then the run waits, retrying every minute, or with
---once fails). A failed member does not stop the others. Every backup leaves
+between. While "vmvault mount" holds the repository, each pass runs inside the
+mount process (as "schedule run --once"), so mounting never stops scheduled
+backups; another backup holding it makes the pass wait a minute (--once:
+fail). A failed member does not stop the others. Every backup leaves
 a job record ("vmvault jobs": kind "backup (sync)" and so on). With --once
 the exit code is 1 if any member failed, with one line per failure on
 stderr; without it, failures are logged and the service goes on.`,
@@ -169,12 +172,32 @@ func (sr *scheduleRun) run(cmd *cobra.Command) error {
 	return sr.loop(ctx)
 }
 
-// openRepo opens the repository for a pass. It does not forward to a
-// mount (repoFlags.open would hand the whole command to it): a mounted
-// repository is simply busy for the scheduler.
+// openRepo opens the repository for a pass. Inside a mount process (a
+// pass forwarded to it) it borrows the mount's open repository.
 func (sr *scheduleRun) openRepo() (*engine.Repo, error) {
+	if s := serving.Load(); s != nil && s.serves(sr.rf.repo) {
+		return s.repo.Borrow(), nil
+	}
 	return engine.Open(sr.rf.repo, engine.OpenOptions{Password: sr.pw,
 		Logf: func(format string, args ...any) { fmt.Fprintf(sr.errw, format+"\n", args...) }})
+}
+
+// forwardPass runs one pass (`schedule run --once` with this command's
+// flags) in the mount process that holds the repository, if one answers:
+// a mounted repository does not stop scheduled backups. ok is false when
+// no mount answers.
+func (sr *scheduleRun) forwardPass(ctx context.Context) (code int, ok bool) {
+	if serving.Load() != nil {
+		return 0, false
+	}
+	args := append([]string(nil), os.Args[1:]...)
+	if !sr.once {
+		args = append(args, "--once")
+	}
+	sig := make(chan os.Signal, 1)
+	stop := context.AfterFunc(ctx, func() { sig <- os.Interrupt })
+	defer stop()
+	return forwardToMount(sr.rf.repo, args, forwardIO{stdout: sr.out, stderr: sr.errw, signals: sig})
 }
 
 // plan prints what is due (--dry-run).
@@ -241,7 +264,17 @@ func (sr *scheduleRun) runDue(ctx context.Context) (*engine.ScheduleReport, erro
 	if len(p.Due()) == 0 {
 		return &engine.ScheduleReport{Plan: p, Runs: []engine.ScheduledRun{}, Retention: []engine.ScheduledForget{}}, nil
 	}
+	// A mounted repository: the pass runs in the mount process (tried
+	// before the open, which would want the password for nothing).
+	if code, ok := sr.forwardPass(ctx); ok {
+		return nil, &forwardedExit{code}
+	}
 	repo, err := sr.openRepo()
+	if errors.Is(err, chunkstore.ErrLocked) {
+		if code, ok := sr.forwardPass(ctx); ok { // mounted after the first look
+			return nil, &forwardedExit{code}
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("schedule: %d member(s) due: %w", len(p.Due()), err)
 	}
@@ -277,7 +310,12 @@ func (sr *scheduleRun) loop(ctx context.Context) error {
 			return nil
 		}
 		wait := time.Minute
-		if err != nil {
+		var fe *forwardedExit
+		if errors.As(err, &fe) {
+			// The pass ran in the mount process holding the repository;
+			// it printed its own report.
+			sr.logf("schedule: pass ran through the mount process (exit %d)", fe.code)
+		} else if err != nil {
 			// A busy repository (a mount, a manual backup) or a damaged
 			// catalog file: log it and try again.
 			sr.logf("schedule: %v; trying again in %v", err, wait)

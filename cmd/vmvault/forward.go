@@ -565,6 +565,19 @@ func forwardPolicy(cmd *cobra.Command) (serial bool, deny string) {
 		return true, ""
 	case "rp list", "rp show", "jobs", "files ls", "files cp":
 		return false, ""
+	case "schedule run":
+		// One pass (--once) is a series of backups and forgets; the
+		// service loop belongs in its own process, which forwards each
+		// pass here while the repository is mounted.
+		switch {
+		case on("prune"):
+			return false, "schedule run --prune"
+		case on("dry-run"):
+			return false, ""
+		case on("once"):
+			return true, ""
+		}
+		return false, "schedule run without --once"
 	}
 	// prune, rp delete, mount, and whatever is added later: refused until
 	// someone decides it is safe under a mount.

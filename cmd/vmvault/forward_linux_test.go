@@ -173,6 +173,22 @@ func TestMountForwardCLI(t *testing.T) {
 	wantFail(t, vmv(t, nil, "prune", "--repo", repo),
 		fmt.Sprintf("repository is mounted by pid %d at %s; unmount it before prune", pid, mp))
 	wantFail(t, vmv(t, nil, "check", "--repo", repo, "--repair"), "unmount it before check --repair")
+	// A scheduled pass while mounted runs in the mount process too (the
+	// client, without a password, only plans and forwards).
+	mustVMV(t, nil, "group", "create", "nightly", "--repo", repo, "--retention-days", "30", "--sync-frequency", "24h")
+	mustVMV(t, nil, "group", "add", "nightly", "db01", "--repo", repo)
+	agePoint(t, repo, "db01", 72*time.Hour)
+	before := rpIDs(t, repo, "db01")
+	r = vmvIn(t, td, nil, "schedule", "run", "--repo", repo, "--once", "-q")
+	if r.code != 0 || !strings.HasPrefix(r.stderr, notice) || !strings.Contains(r.stdout, "nightly/db01: recovery point ") {
+		t.Errorf("schedule run --once while mounted: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if after := rpIDs(t, repo, "db01"); len(after) != len(before)+1 {
+		t.Errorf("schedule run --once while mounted: points %v -> %v", before, after)
+	}
+	if !strings.Contains(mountErr.String(), "ran vmvault schedule run for pid ") {
+		t.Errorf("the mount did not log the forwarded schedule pass:\n%s", mountErr)
+	}
 	if !strings.Contains(mountErr.String(), "ran vmvault backup for pid ") {
 		t.Errorf("the mount did not log the forwarded backup:\n%s", mountErr)
 	}
