@@ -7,7 +7,7 @@ GOFLAGS   ?=
 TESTFLAGS ?= -timeout 25m
 FUZZTIME  ?= 60s
 
-.PHONY: all build test vet deps demo bench fuzz crossbuild clean
+.PHONY: all build test vet deps demo bench bench-micro fuzz crossbuild clean
 
 all: build
 
@@ -36,7 +36,17 @@ crossbuild:
 demo: deps build
 	@./scripts/demo.sh
 
+# The fleet benchmark (vmvault bench --help): 4 VMs x 8 GiB, 3 churn
+# generations, every stage, restic and borg when installed. Needs root and
+# /dev/fuse; 8 minutes on 2 cores with both peers (README, Performance).
+# BENCHFLAGS adds flags.
+BENCHFLAGS ?=
 bench: deps build
+	@mkdir -p bench/out
+	$(BIN) bench --json bench/out/bench.json --chart bench/out/bench.svg $(BENCHFLAGS)
+
+# The go test benchmarks of each package.
+bench-micro: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./vhdxfs/... ./chunkstore/... ./engine/... ./mount/...
 
 # Every fuzz target for FUZZTIME each, one at a time (the machine has 2 cores).

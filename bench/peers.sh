@@ -21,7 +21,8 @@
 #
 # Environment: VMVAULT (binary, default: go build ./cmd/vmvault into
 # WORKDIR), RESTIC (default restic), VMVAULT_ENCRYPT=1 to compare with an
-# encrypted vmvault repository. Page cache: each image is read once (cat)
+# encrypted vmvault repository, VMVAULT_INIT (extra `vmvault init` flags,
+# e.g. "--compression zstd"). Page cache: each image is read once (cat)
 # before each backup, so both tools start from the same warm cache; nothing
 # is dropped (the machine is shared). TABLE_ONLY=1 prints the table of the
 # runs already in WORKDIR/logs.
@@ -78,7 +79,8 @@ if [ "${TABLE_ONLY:-0}" != 1 ]; then
 		rr=$WORK/restic-repo vr=$WORK/vmvault-repo
 		rm -rf "$rr" "$vr" "$WORK/restore"
 		"$RESTIC" -r "$rr" init -q >/dev/null
-		"$VMVAULT" init --repo "$vr" "${ENC[@]}" >/dev/null
+		# shellcheck disable=SC2086 # VMVAULT_INIT is a list of flags
+		"$VMVAULT" init --repo "$vr" "${ENC[@]}" ${VMVAULT_INIT:-} >/dev/null
 
 		warm "$IMG1"
 		timed restic-full "$run" "$RESTIC" -r "$rr" backup -q "$IMG1"
