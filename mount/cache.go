@@ -185,6 +185,16 @@ func (d *cachedDisk) ReadAt(p []byte, off int64) (int, error) {
 		p = p[:rem]
 		eof = io.EOF
 	}
+	if len(p) >= bigRead {
+		// A reader that asks for this much at once caches it itself: the
+		// tree's file-level cache filling a guest file's block through the
+		// guest filesystem. Keeping a second copy in the disk's blocks would
+		// cost an allocation and a copy per byte and evict other data.
+		if err := readFull(d.src, p, off); err != nil {
+			return 0, err
+		}
+		return len(p), eof
+	}
 	bs := d.c.blockSize
 	n := 0
 	for n < len(p) {
@@ -227,6 +237,10 @@ func (d *cachedDisk) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return n, eof
 }
+
+// bigRead is the smallest read that bypasses the block cache (see ReadAt):
+// above FUSE's largest request (128 KiB), so kernel reads never do.
+const bigRead = 512 << 10
 
 // smallRead is the largest read that counts as random access when it
 // jumps (see ReadAt): FUSE splits big sequential reads into 128 KiB
