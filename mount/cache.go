@@ -185,16 +185,6 @@ func (d *cachedDisk) ReadAt(p []byte, off int64) (int, error) {
 		p = p[:rem]
 		eof = io.EOF
 	}
-	if len(p) >= bigRead {
-		// A reader that asks for this much at once caches it itself: the
-		// tree's file-level cache filling a guest file's block through the
-		// guest filesystem. Keeping a second copy in the disk's blocks would
-		// cost an allocation and a copy per byte and evict other data.
-		if err := readFull(d.src, p, off); err != nil {
-			return 0, err
-		}
-		return len(p), eof
-	}
 	bs := d.c.blockSize
 	n := 0
 	for n < len(p) {
@@ -238,9 +228,25 @@ func (d *cachedDisk) ReadAt(p []byte, off int64) (int, error) {
 	return n, eof
 }
 
-// bigRead is the smallest read that bypasses the block cache (see ReadAt):
-// above FUSE's largest request (128 KiB), so kernel reads never do.
+// volumeDisk is the disk as the guest filesystems see it: their small
+// reads (metadata, small files) go through the block cache; their big ones
+// are a guest file's block being filled by the tree's file-level cache,
+// which keeps the result itself, so a second copy in the disk's blocks
+// would only cost an allocation and a copy per byte and evict other data.
+type volumeDisk struct{ *cachedDisk }
+
+// bigRead is the smallest volume read that bypasses the block cache.
 const bigRead = 512 << 10
+
+func (v volumeDisk) ReadAt(p []byte, off int64) (int, error) {
+	if len(p) < bigRead || off < 0 || off+int64(len(p)) > v.size {
+		return v.cachedDisk.ReadAt(p, off)
+	}
+	if err := readFull(v.src, p, off); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
 
 // smallRead is the largest read that counts as random access when it
 // jumps (see ReadAt): FUSE splits big sequential reads into 128 KiB

@@ -317,3 +317,33 @@ func TestLooksLikeRPID(t *testing.T) {
 		}
 	}
 }
+
+// TestVolumeDiskBigReadsBypassCache: a guest filesystem's big read (a file
+// block being filled) reads the source directly and leaves the disk's block
+// cache alone; its small reads are cached.
+func TestVolumeDiskBigReadsBypassCache(t *testing.T) {
+	src := newMemDisk(8<<20, []vdisk.Extent{{Off: 0, Len: 8 << 20}})
+	c := newBlockCache(16<<20, 1<<20)
+	v := volumeDisk{newCachedDisk(src, c, 1)}
+	big := make([]byte, 1<<20)
+	if n, err := v.ReadAt(big, 2<<20); err != nil || n != len(big) {
+		t.Fatalf("big read: %d, %v", n, err)
+	}
+	if !bytes.Equal(big, src.b[2<<20:3<<20]) {
+		t.Fatal("big read: wrong bytes")
+	}
+	if c.has(cacheKey{1, 2}) {
+		t.Error("big read filled the block cache")
+	}
+	// Two small reads in one block: the first is a random jump (read
+	// directly), the second stays in the block and fills it.
+	small := make([]byte, 4096)
+	for i := range 2 {
+		if _, err := v.ReadAt(small, 5<<20+int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !c.has(cacheKey{1, 5}) {
+		t.Error("small reads not cached")
+	}
+}
