@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
 )
@@ -17,6 +18,9 @@ const (
 	// enough for sequential throughput on disks and chunk stores, small
 	// enough that the two buffers in flight cost 16 MiB.
 	synthWriteBuf = 8 * MiB
+	// synthWriters is how many of WriteFile's buffers are written at once
+	// (see streamParallel).
+	synthWriters = 2
 	// synthHoleUnit is the granularity at which WriteFile detects zero
 	// ranges and leaves them as holes instead of writing them.
 	synthHoleUnit = 64 * 1024
@@ -82,7 +86,7 @@ func (s *Synth) WriteFile(ctx context.Context, path string) error {
 		}
 		return nil
 	}
-	if err = s.stream(ctx, emit); err != nil {
+	if err = s.streamParallel(ctx, emit, synthWriters); err != nil {
 		return fmt.Errorf("vhdx: write %s: %w", path, err)
 	}
 	if err = f.Truncate(s.lay.size); err != nil {
@@ -148,6 +152,78 @@ func (s *Synth) WriteToContext(ctx context.Context, w io.Writer) (int64, error) 
 		return n, fmt.Errorf("vhdx: write: %w", err)
 	}
 	return n, nil
+}
+
+// streamParallel is stream for a positional emit (WriteFile): writers
+// goroutines call emit at once, each on its own buffer. A page-cache write
+// costs about as much CPU as producing the bytes (pwrite took ~1.2 s per GB
+// of sys time on the 2-core test machine), and with one writer thread it
+// was half of a VHDX restore's wall time. Progress is reported in order
+// of completion, never backwards.
+func (s *Synth) streamParallel(ctx context.Context, emit func(b []byte, off int64) error, writers int) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	size := s.lay.size
+	nbuf := writers + 1
+	free := make(chan []byte, nbuf)
+	full := make(chan synthChunk, nbuf) // never blocks: only nbuf buffers circulate
+	for range nbuf {
+		free <- make([]byte, min(synthWriteBuf, size))
+	}
+	go func() {
+		defer close(full)
+		for off := int64(0); off < size; {
+			var buf []byte
+			select {
+			case <-ctx.Done():
+				full <- synthChunk{err: context.Cause(ctx)}
+				return
+			case buf = <-free:
+			}
+			n := min(int64(len(buf)), size-off)
+			_, err := s.ReadAt(buf[:n], off)
+			full <- synthChunk{buf: buf[:n], off: off, err: err}
+			if err != nil {
+				return
+			}
+			off += n
+		}
+	}()
+	var (
+		wg       sync.WaitGroup
+		progMu   sync.Mutex
+		progress int64
+	)
+	for range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range full { // drained to the end, so the reader finishes
+				if c.err != nil {
+					cancel(c.err)
+					continue
+				}
+				if context.Cause(ctx) != nil {
+					continue
+				}
+				if err := emit(c.buf, c.off); err != nil {
+					cancel(err)
+					continue
+				}
+				if s.progress != nil {
+					progMu.Lock()
+					if end := c.off + int64(len(c.buf)); end > progress {
+						progress = end
+						s.progress(end)
+					}
+					progMu.Unlock()
+				}
+				free <- c.buf[:cap(c.buf)]
+			}
+		}()
+	}
+	wg.Wait()
+	return context.Cause(ctx)
 }
 
 type synthChunk struct {
