@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/vmvault/vmvault/vhdxfs"
@@ -974,15 +973,6 @@ func (m *fuseProc) unmount() error {
 		return fmt.Errorf("bench: %s: FUSE server did not exit after unmount", m.dir)
 	}
 	return nil
-}
-
-// isMountpoint reports whether dir is on another device than its parent.
-func isMountpoint(dir string) bool {
-	var a, b syscall.Stat_t
-	if syscall.Stat(dir, &a) != nil || syscall.Stat(filepath.Dir(dir), &b) != nil {
-		return false
-	}
-	return a.Dev != b.Dev
 }
 
 type limitedBuffer struct {

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -139,8 +138,7 @@ func randRead(ctx context.Context, u *usage, target string, d time.Duration) (ra
 		return randResult{}, fmt.Errorf("bench: %w", err)
 	}
 	defer f.Close()
-	var before, after syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+	u0, s0 := selfCPU()
 	rng := rand.New(rand.NewPCG(1, 2))
 	buf := make([]byte, 4096)
 	blocks := fi.Size() / 4096
@@ -157,9 +155,9 @@ func randRead(ctx context.Context, u *usage, target string, d time.Duration) (ra
 	}
 	el := time.Since(t0)
 	u.wall += el
-	syscall.Getrusage(syscall.RUSAGE_SELF, &after)
-	u.user += time.Duration(after.Utime.Nano() - before.Utime.Nano())
-	u.sys += time.Duration(after.Stime.Nano() - before.Stime.Nano())
+	u1, s1 := selfCPU()
+	u.user += u1 - u0
+	u.sys += s1 - s0
 	res.bytes = res.ops * 4096
 	res.iops = float64(res.ops) / el.Seconds()
 	if len(lat) > 0 {

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/vmvault/vmvault/chunkstore"
@@ -143,9 +142,7 @@ func (u *usage) add(ps *os.ProcessState) {
 	}
 	u.user += ps.UserTime()
 	u.sys += ps.SystemTime()
-	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-		u.maxRSS = max(u.maxRSS, ru.Maxrss*1024) // KiB on Linux
-	}
+	u.maxRSS = max(u.maxRSS, childMaxRSS(ps))
 }
 
 func (u usage) fill(s *StageResult) {
