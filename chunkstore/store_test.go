@@ -211,6 +211,12 @@ func TestSingleFlight(t *testing.T) {
 	nf := numFrames(int64(ref.Length), s.cfg.FrameSize)
 	ctx := context.Background()
 	before := s.codec.decoded.Load()
+	// The leader is held in loadFrames until the others queued behind it:
+	// readers that come after it finished are not concurrent, and a read
+	// that covers whole frames does not cache them (bulk reads must not
+	// evict the random-access working set).
+	testHookLoadFrames = func() { time.Sleep(300 * time.Millisecond) }
+	defer func() { testHookLoadFrames = func() {} }()
 	var wg sync.WaitGroup
 	for i := range 16 {
 		wg.Add(1)
@@ -243,8 +249,6 @@ func TestSingleFlight(t *testing.T) {
 	ref = refs[1]
 	nf = numFrames(int64(ref.Length), s.cfg.FrameSize)
 	before = s.codec.decoded.Load()
-	testHookLoadFrames = func() { time.Sleep(300 * time.Millisecond) }
-	defer func() { testHookLoadFrames = func() {} }()
 	for range 8 {
 		wg.Add(1)
 		go func() {
