@@ -139,7 +139,9 @@ func parseFrameTable(head []byte, storedLen int64) (*frameTable, error) {
 		return nil, bad("unknown version %d", head[0])
 	}
 	flags := head[1]
-	if flags&^(flagSealed|flagCRC|flagCRCID) != 0 || (flags&flagCRCID != 0 && flags&flagCRC == 0) {
+	// The writer sets either sealed or the CRC bits, never both.
+	if flags&^(flagSealed|flagCRC|flagCRCID) != 0 || (flags&flagCRCID != 0 && flags&flagCRC == 0) ||
+		(flags&flagSealed != 0 && flags&flagCRC != 0) {
 		return nil, bad("unknown flags %#x", flags)
 	}
 	shift := int(head[2])
@@ -182,7 +184,8 @@ func parseFrameTable(head []byte, storedLen int64) (*frameTable, error) {
 				return nil, bad("frame %d: raw frame of %d bytes stored as %d", i, raw, sl)
 			}
 		case methodZstd, methodS2:
-			if sl == 0 || sl > uint64(raw+over) {
+			// A sealed frame holds at least its nonce and tag.
+			if sl <= uint64(over) || sl > uint64(raw+over) {
 				return nil, bad("frame %d: bad stored length %d", i, sl)
 			}
 		default:
