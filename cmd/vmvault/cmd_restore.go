@@ -32,14 +32,15 @@ ID, DataWriteGuid, sector sizes and virtual size as the source) or a sparse
 raw image, plus the configuration files, under DIR (the VM folder layout is
 kept: "Virtual Hard Disks/<disk>.vhdx", "Virtual Machines/<guid>.vmcx").
 
---to original replaces the VM's original files (in their source format).
-Every file is written completely beside its target first and renamed over it
+--to original replaces the VM's original files (in their source format);
+--to DIR refuses existing files unless --force. Either way, every file is
+written completely beside its target first and renamed over it
 only when all are written, under a journal in the repository: a restore
 killed midway is finished by the next restore, check or backup, which puts
 the originals back unchanged or, when the kill came after the commit point,
-completes the restore; never a mix. A file locked by another process (flock,
-or a byte-range lock as qemu takes) counts as in use and is refused unless
---force.
+completes the restore; never a mix. With --to original, a file locked by
+another process (flock, or a byte-range lock as qemu takes) counts as in use
+and is refused unless --force.
 
 Several --vm (or --vm A,B) restore the latest points of several VMs,
 --parallel at a time, each into DIR/<vm>. --limit takes a rate (50MiB/s) or
