@@ -352,6 +352,28 @@ func (s *Store) Flush(ctx context.Context) error {
 	return s.writeErr
 }
 
+// ResumeWrites clears the sticky error of a failed pack write (a full
+// disk, a pool that went away) so that a long-lived Store, the one a mount
+// serves backups through, can take new writes once the cause is gone,
+// instead of failing every later backup until it is reopened. The caller
+// must be the only writer and no stream that ingested before the failure
+// may still flush (their refs may name chunks of the lost pack): call it
+// at the start of a backup, not in the middle of one. It fails while packs
+// are being written or the open pack holds chunks.
+func (s *Store) ResumeWrites() error {
+	s.packMu.Lock()
+	defer s.packMu.Unlock()
+	if s.writeErr == nil {
+		return nil
+	}
+	if len(s.inflight) > 0 || (s.open != nil && len(s.open.entries) > 0) {
+		return fmt.Errorf("chunkstore: cannot resume writes while packs are being written (after %w)", s.writeErr)
+	}
+	s.opts.Logf("chunkstore: resuming writes after: %v", s.writeErr)
+	s.writeErr = nil
+	return nil
+}
+
 // inBlock is a buffer of stream input. The chunker finds boundaries in it
 // in place and the chunks travel to the workers as slices of it, so a byte
 // of input is copied once (by the reader) on its way to the hasher and the

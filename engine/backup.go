@@ -101,6 +101,13 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 		}
 		r.finishJob(job, err)
 	}()
+	// A pack write that failed in an earlier backup of this Repo (a full
+	// disk) must not fail this one once the cause is gone: a mount serves
+	// every backup through one long-lived Repo. One backup at a time per
+	// Repo (see Repo), so no stream that saw the failure can still commit.
+	// If packs are still in flight the call fails and this backup's flush
+	// reports the old error, which is right too.
+	_ = r.store.ResumeWrites()
 	now := o.now
 	if now == nil {
 		now = time.Now
