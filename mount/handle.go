@@ -88,6 +88,13 @@ func (h *Handle) readAhead(off, n int64) {
 		return
 	}
 	end := off + n
+	if end >= h.size {
+		// Read to the end (every small file's first read): nothing is
+		// ahead, and a prefetch would only re-read the last block and
+		// make Close wait for it.
+		h.next.Store(end)
+		return
+	}
 	prev := h.next.Swap(end)
 	if off != prev {
 		h.window.Store(0) // random access: no read-ahead

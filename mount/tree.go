@@ -314,12 +314,11 @@ func (n *Node) Open(ctx context.Context) (*Handle, error) {
 		return nil, err
 	}
 	if c, ok := n.ops.(cacheableOps); ok && c.cacheable() {
-		cd := newCachedDisk(fileDisk{r, n.info.Size}, n.t.cache, n.t.cacheID(n.path))
-		// Read-ahead on the file itself: its blocks are filled through the
-		// guest filesystem, one run lookup and one disk read each, which a
-		// single sequential reader would otherwise wait for one by one.
-		cd.t = n.t
-		r = cd
+		// No block read-ahead at this level: the handle's read-ahead
+		// already runs ahead of a sequential reader, and a second layer
+		// here measured no faster on a 400 MB file while stalling copies
+		// of folders of small files for up to a minute.
+		r = newCachedDisk(fileDisk{r, n.info.Size}, n.t.cache, n.t.cacheID(n.path))
 	}
 	h := &Handle{t: n.t, path: n.path, r: r, size: n.info.Size, closer: closer}
 	if a, ok := n.ops.(allocOps); ok {

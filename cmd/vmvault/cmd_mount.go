@@ -70,12 +70,16 @@ vmvault files.`,
 			if _, err := mount.CheckMountpoint(args[0]); err != nil {
 				return err
 			}
-			// --cache-size is the whole decoded-data budget: a quarter for
-			// the store's 64 KiB frames (what random reads decode), the
-			// rest for the tree's 1 MiB blocks. The Go heap is held near
-			// it (plus room for metadata, manifests and FUSE buffers)
-			// instead of the 2x that GOGC alone would allow.
-			frames := max(size/4, 4<<20)
+			// --cache-size bounds the process's memory, less a fixed
+			// overhead: the Go heap is held at size + mountMemoryOverhead
+			// instead of the 2x of its live data that GOGC alone allows.
+			// The caches fill only part of it, so the collector has room:
+			// with the caches at the whole budget it ran without pause and
+			// doubled the CPU of copying a folder of small files. An
+			// eighth goes to the store's 64 KiB frames (what random reads
+			// decode), half to the tree's 1 MiB blocks.
+			frames := max(size/8, 4<<20)
+			blocks := max(size/2, 4<<20)
 			rf.frameCache = frames
 			setMountMemoryLimit(size)
 			repo, err := rf.open()
@@ -84,7 +88,7 @@ vmvault files.`,
 			}
 			defer repo.Close()
 			logger := log.New(cmd.ErrOrStderr(), "", log.LstdFlags)
-			tree := mount.New(mount.EngineSource{Repo: repo}, mount.Options{CacheSize: size - frames, ReadAhead: ra, Logf: logger.Printf})
+			tree := mount.New(mount.EngineSource{Repo: repo}, mount.Options{CacheSize: blocks, ReadAhead: ra, Logf: logger.Printf})
 			srv, err := fusemount.Mount(tree, args[0], fusemount.Options{AllowOther: allowOther, Debug: debug})
 			if err != nil {
 				tree.Close()
@@ -157,7 +161,7 @@ func setMountMemoryLimit(cache int64) {
 // mountMemoryOverhead is what a mount needs beside its caches: catalog,
 // manifests and extent tables of entered recovery points, guest
 // filesystem metadata, FUSE request buffers, the index.
-const mountMemoryOverhead = 96 << 20
+const mountMemoryOverhead = 112 << 20
 
 // parseCacheSize reads a --cache-size (at least 4M).
 func parseCacheSize(s string) (int64, error) {
