@@ -7,13 +7,12 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmvault/vmvault/internal/units"
 	"github.com/vmvault/vmvault/mount"
 	"github.com/vmvault/vmvault/mount/fusemount"
 )
@@ -175,30 +174,5 @@ func parseCacheSize(s string) (int64, error) {
 	return v, nil
 }
 
-// mountParseSize reads 1073741824, 512K, 256M, 2G, 1T (powers of 1024; an
-// optional B or iB suffix is accepted).
-func mountParseSize(s string) (int64, error) {
-	t := strings.ToUpper(strings.TrimSpace(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
-	mult := int64(1)
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult > 1 {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseFloat(strings.TrimSpace(t), 64)
-	if err != nil || n <= 0 || n*float64(mult) > 1<<50 {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return int64(n * float64(mult)), nil
-}
+// mountParseSize reads a size flag (units.ParseSize).
+func mountParseSize(s string) (int64, error) { return units.ParseSize(s) }
