@@ -409,13 +409,8 @@ func (s *Store) releaseBlock(b *inBlock) {
 // Ingest chunks r, stores new chunks and calls fn (if not nil) for every
 // chunk in stream order. The chunks are durable after Flush.
 func (s *Store) Ingest(ctx context.Context, r io.Reader, fn func(Ref)) (Stats, error) {
-	var st Stats
-	if s.isClosed() {
-		return st, ErrClosed
-	}
-	if s.cdc == nil {
-		return st, fmt.Errorf("chunkstore: ingest: chunker polynomial %s has degree %d (want 9..53)",
-			s.cfg.Chunker.Polynomial, s.cfg.polynomial().Deg())
+	if err := s.canIngest(); err != nil {
+		return Stats{}, err
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -472,12 +467,8 @@ func (s *Store) Ingest(ctx context.Context, r io.Reader, fn func(Ref)) (Stats, e
 // every chunk is processed, so the caller may reuse data afterwards.
 // Boundaries are the same as Ingest's of the same bytes.
 func (s *Store) IngestBytes(ctx context.Context, data []byte, fn func(Ref)) (Stats, error) {
-	if s.isClosed() {
-		return Stats{}, ErrClosed
-	}
-	if s.cdc == nil {
-		return Stats{}, fmt.Errorf("chunkstore: ingest: chunker polynomial %s has degree %d (want 9..53)",
-			s.cfg.Chunker.Polynomial, s.cfg.polynomial().Deg())
+	if err := s.canIngest(); err != nil {
+		return Stats{}, err
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -502,6 +493,18 @@ func (s *Store) IngestBytes(ctx context.Context, data []byte, fn func(Ref)) (Sta
 		}
 	}
 	return col.finish(err)
+}
+
+// canIngest says why a stream cannot be ingested, if it cannot.
+func (s *Store) canIngest() error {
+	if s.isClosed() {
+		return ErrClosed
+	}
+	if s.cdc == nil {
+		return fmt.Errorf("chunkstore: ingest: chunker polynomial %s has degree %d (want 9..53)",
+			s.cfg.Chunker.Polynomial, s.cfg.polynomial().Deg())
+	}
+	return nil
 }
 
 // collector receives an ingest's jobs in stream order, waits for each, adds

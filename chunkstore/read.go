@@ -218,38 +218,16 @@ func (s *Store) readRange(ctx context.Context, id ID, l location, off int64, p [
 	}
 	s.rmu.Unlock()
 
-	if len(lead) > 0 && whole && len(lead) == nf {
-		// A whole-chunk Get that leads every frame decodes straight into
-		// the caller's buffer and leaves the frame cache alone: bulk reads
-		// (restore) would only evict the random-access working set, and
-		// the shards stay in the OS page cache. Concurrent waiters get
-		// copies.
-		err := s.loadFrames(ctx, id, l, lead, true, func(f int) []byte {
-			o := int64(f) * int64(fs)
-			return p[o : o+int64(frameRawLen(int64(l.Raw), fs, f))]
-		})
-		s.rmu.Lock()
-		for i, f := range lead {
-			c := lcalls[i]
-			if err != nil {
-				c.err = err
-			} else if c.waiters > 0 {
-				o := int64(f) * int64(fs)
-				c.val = append([]byte(nil), p[o:o+int64(frameRawLen(int64(l.Raw), fs, f))]...)
-			}
-			delete(s.fflight, frameKey{id, int32(f)})
-			close(c.done)
-		}
-		s.rmu.Unlock()
-		return err
-	}
 	if len(lead) > 0 {
 		// A frame the read covers entirely decodes straight into p and is
-		// not cached: a sequential reader (a mount's block fill, a .raw
-		// copy) never comes back for it, and caching it would only evict
-		// the random-access working set. A frame the read covers in part
+		// not cached: a sequential reader (a restore's whole-chunk Get, a
+		// mount's block fill, a .raw copy) never comes back for it, and
+		// caching it would only evict the random-access working set;
+		// concurrent waiters get copies. A frame the read covers in part
 		// gets its own buffer (a cached frame must not pin its neighbours)
 		// and is cached: the next small read is likely to want the rest.
+		// A whole-chunk Get leading every frame reads the stored blob in
+		// one go and checks the chunk against its ID (wholeVerify).
 		vals := make([][]byte, len(lead))
 		direct := make([]bool, len(lead))
 		pos := make(map[int]int, len(lead))
@@ -263,7 +241,7 @@ func (s *Store) readRange(ctx context.Context, id ID, l location, off int64, p [
 			}
 			pos[f] = i
 		}
-		err := s.loadFrames(ctx, id, l, lead, false, func(f int) []byte { return vals[pos[f]] })
+		err := s.loadFrames(ctx, id, l, lead, whole && len(lead) == nf, func(f int) []byte { return vals[pos[f]] })
 		s.rmu.Lock()
 		for i, f := range lead {
 			k := frameKey{id, int32(f)}

@@ -230,15 +230,10 @@ func (r *Catalog) AddToGroup(name string, vms ...string) ([]VM, error) {
 			todo = append(todo, vm)
 		}
 	}
-	var changed []VM
-	for _, vm := range todo {
-		vm.Group = name
-		if err := r.cat.putVM(vm); err != nil {
-			return changed, fmt.Errorf("engine: group %s: add %s: %w", name, vm.Name, err)
-		}
-		changed = append(changed, vm)
+	if n, err := r.cat.setGroup(todo, name); err != nil {
+		return todo[:n], fmt.Errorf("engine: group %s: add %s: %w", name, todo[n].Name, err)
 	}
-	return changed, nil
+	return todo, nil
 }
 
 // RemoveFromGroup takes VMs out of group name; a VM not in it is an
@@ -264,11 +259,8 @@ func (r *Catalog) RemoveFromGroup(name string, vms ...string) ([]VM, error) {
 		}
 		todo = append(todo, vm)
 	}
-	for i := range todo {
-		todo[i].Group = ""
-		if err := r.cat.putVM(todo[i]); err != nil {
-			return todo[:i], fmt.Errorf("engine: group %s: remove %s: %w", name, todo[i].Name, err)
-		}
+	if n, err := r.cat.setGroup(todo, ""); err != nil {
+		return todo[:n], fmt.Errorf("engine: group %s: remove %s: %w", name, todo[n].Name, err)
 	}
 	return todo, nil
 }
@@ -296,16 +288,26 @@ func (r *Catalog) DeleteGroup(name string, force bool) ([]VM, error) {
 		}
 		return nil, fmt.Errorf("engine: group %s has %d member(s) (%s): remove them first or use --force", name, len(members), strings.Join(names, ", "))
 	}
-	for i := range members {
-		members[i].Group = ""
-		if err := r.cat.putVM(members[i]); err != nil {
-			return members[:i], fmt.Errorf("engine: delete group %s: %w", name, err)
-		}
+	if n, err := r.cat.setGroup(members, ""); err != nil {
+		return members[:n], fmt.Errorf("engine: delete group %s: %w", name, err)
 	}
 	if err := os.Remove(r.cat.groupPath(name)); err != nil {
 		return members, fmt.Errorf("engine: delete group %s: %w", name, err)
 	}
 	return members, syncDirErr(r.cat.path(groupsDir))
+}
+
+// setGroup records group in each VM's record, in order, and returns how
+// many records were written before an error. The caller holds the catalog
+// write lock.
+func (c *catalog) setGroup(vms []VM, group string) (int, error) {
+	for i := range vms {
+		vms[i].Group = group
+		if err := c.putVM(vms[i]); err != nil {
+			return i, err
+		}
+	}
+	return len(vms), nil
 }
 
 func (r *Catalog) groupExists(name string) bool {

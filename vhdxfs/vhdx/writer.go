@@ -86,7 +86,7 @@ func (s *Synth) WriteFile(ctx context.Context, path string) error {
 		}
 		return nil
 	}
-	if err = s.streamParallel(ctx, emit, synthWriters); err != nil {
+	if err = s.stream(ctx, synthWriters, emit); err != nil {
 		return fmt.Errorf("vhdx: write %s: %w", path, err)
 	}
 	if err = f.Truncate(s.lay.size); err != nil {
@@ -140,7 +140,7 @@ func (s *Synth) WriteTo(w io.Writer) (int64, error) {
 // WriteToContext is WriteTo with cancellation between buffers.
 func (s *Synth) WriteToContext(ctx context.Context, w io.Writer) (int64, error) {
 	var n int64
-	err := s.stream(ctx, func(b []byte, _ int64) error {
+	err := s.stream(ctx, 1, func(b []byte, _ int64) error {
 		m, err := w.Write(b)
 		n += int64(m)
 		if err == nil && m < len(b) {
@@ -154,13 +154,17 @@ func (s *Synth) WriteToContext(ctx context.Context, w io.Writer) (int64, error) 
 	return n, nil
 }
 
-// streamParallel is stream for a positional emit (WriteFile): writers
-// goroutines call emit at once, each on its own buffer. A page-cache write
+// stream produces the file in synthWriteBuf pieces and hands each to emit.
+// One goroutine reads the next buffers from the source while writers
+// goroutines call emit, each on its own buffer, so source and destination
+// I/O overlap. With one writer the pieces arrive in order (WriteTo); a
+// positional emit (WriteFile) takes several, because a page-cache write
 // costs about as much CPU as producing the bytes (pwrite took ~1.2 s per GB
-// of sys time on the 2-core test machine), and with one writer thread it
-// was half of a VHDX restore's wall time. Progress is reported in order
-// of completion, never backwards.
-func (s *Synth) streamParallel(ctx context.Context, emit func(b []byte, off int64) error, writers int) error {
+// of sys time on the 2-core test machine) and with one writer thread it
+// was half of a VHDX restore's wall time. Progress is reported in order of
+// completion, never backwards. When stream returns, no source read is in
+// flight any more.
+func (s *Synth) stream(ctx context.Context, writers int, emit func(b []byte, off int64) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	size := s.lay.size
@@ -230,63 +234,6 @@ type synthChunk struct {
 	buf []byte
 	off int64
 	err error
-}
-
-// stream produces the file in order, in synthWriteBuf pieces, and hands
-// each to emit. One goroutine reads the next buffer from the source while
-// emit writes the previous one, so source and destination I/O overlap. When
-// stream returns, no source read is in flight any more.
-func (s *Synth) stream(ctx context.Context, emit func(b []byte, off int64) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	size := s.lay.size
-	free := make(chan []byte, 2)
-	full := make(chan synthChunk, 2) // never blocks: only 2 buffers circulate
-	for range 2 {
-		free <- make([]byte, min(synthWriteBuf, size))
-	}
-	go func() {
-		defer close(full)
-		for off := int64(0); off < size; {
-			var buf []byte
-			select {
-			case <-ctx.Done():
-				full <- synthChunk{err: ctx.Err()}
-				return
-			case buf = <-free:
-			}
-			n := min(int64(len(buf)), size-off)
-			_, err := s.ReadAt(buf[:n], off)
-			full <- synthChunk{buf: buf[:n], off: off, err: err}
-			if err != nil {
-				return
-			}
-			off += n
-		}
-	}()
-	var err error
-	for c := range full {
-		if err != nil {
-			continue // drain so the reader goroutine finishes
-		}
-		if c.err != nil {
-			err = c.err
-			continue
-		}
-		if err = ctx.Err(); err != nil {
-			cancel()
-			continue
-		}
-		if err = emit(c.buf, c.off); err != nil {
-			cancel()
-			continue
-		}
-		if s.progress != nil {
-			s.progress(c.off + int64(len(c.buf)))
-		}
-		free <- c.buf[:cap(c.buf)]
-	}
-	return err
 }
 
 // synthIsZero reports whether b is all zeros. Comparing b with itself
