@@ -98,8 +98,10 @@ func TestRangeReadsTouchLittle(t *testing.T) {
 		read += fb.Total().BytesRead
 	}
 	t.Logf("chunk of %d bytes: 4 KiB range read %d bytes from shards", ref.Length, read)
-	// Table head (one 64 KiB shard block) + the frame (at most 2 blocks).
-	if read > 3*64<<10 || int(read) >= ref.Length/4 {
+	// Table head + the frame: each may straddle a 64 KiB shard block
+	// boundary (the blob starts anywhere in the pack), so at most 2 blocks
+	// each; the chunk itself is ~70 blocks.
+	if read > 4*64<<10 || int(read) >= ref.Length/4 {
 		t.Fatalf("4 KiB range of a %d-byte chunk read %d shard bytes", ref.Length, read)
 	}
 }
