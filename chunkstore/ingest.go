@@ -314,6 +314,7 @@ func (s *Store) writePack(p *packBuilder) {
 	done := s.inflight[p.id]
 	delete(s.inflight, p.id)
 	s.packMu.Unlock()
+	p.release()
 	close(done)
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Pack format: many chunk blobs and a self-describing trailer, so that the
@@ -61,7 +62,7 @@ type packBuilder struct {
 }
 
 func newPackBuilder(capacity int, sealed bool) *packBuilder {
-	p := &packBuilder{buf: make([]byte, 0, capacity)}
+	p := &packBuilder{buf: getPackBuf(capacity)}
 	mustRand(p.id[:])
 	p.buf = append(p.buf, packMagic...)
 	flags := byte(0)
@@ -70,6 +71,30 @@ func newPackBuilder(capacity int, sealed bool) *packBuilder {
 	}
 	p.buf = append(p.buf, packVersion, flags, 0, 0)
 	return p
+}
+
+// packBufs recycles pack buffers (~34 MiB each with the defaults): a fresh
+// one costs a clear of its whole capacity and page faults, ~0.2 s of CPU per
+// GB stored. sync.Pool rather than a free list so that an idle long-lived
+// Store (a mount serving backups) hands the memory back to the GC.
+var packBufs sync.Pool // *[]byte
+
+func getPackBuf(capacity int) []byte {
+	if bp, ok := packBufs.Get().(*[]byte); ok {
+		if cap(*bp) >= capacity {
+			return (*bp)[:0]
+		}
+	}
+	return make([]byte, 0, capacity)
+}
+
+// release recycles the pack's buffer. Call it only when nothing can read
+// the buffer any more: the pack is written and none of its chunks is in the
+// pending map (pending reads copy under packMu).
+func (p *packBuilder) release() {
+	b := p.buf[:0]
+	p.buf = nil
+	packBufs.Put(&b)
 }
 
 // fits reports whether a blob of n bytes can be appended without

@@ -49,6 +49,7 @@ func Write(ctx context.Context, targets []Target, packID [32]byte, p Params, pac
 		return fmt.Errorf("shard: pack of %d bytes too large for K=%d (shard %d > %d bytes)", len(pack), p.K, s, MaxShardLen)
 	}
 	shards := splitPack(pack, p.K, p.M, int(s))
+	defer recycleParity(shards[p.K:])
 	if p.M > 0 {
 		enc, err := encoder(p.K, p.M)
 		if err != nil {
@@ -107,9 +108,29 @@ func splitPack(pack []byte, k, m, s int) [][]byte {
 		}
 	}
 	for i := k; i < k+m; i++ {
-		shards[i] = make([]byte, s)
+		shards[i] = getParityBuf(s)
 	}
 	return shards
+}
+
+// parityBufs recycles parity shard buffers: Encode overwrites them whole,
+// and a fresh 4 MiB buffer per parity shard and pack costs a clear and page
+// faults. A sync.Pool, so an idle process gives the memory back.
+var parityBufs sync.Pool // *[]byte
+
+func getParityBuf(n int) []byte {
+	if bp, ok := parityBufs.Get().(*[]byte); ok && cap(*bp) >= n {
+		return (*bp)[:n]
+	}
+	return make([]byte, n)
+}
+
+// recycleParity returns parity buffers once their shards are written (the
+// backends' Put has consumed its reader when it returns).
+func recycleParity(parity [][]byte) {
+	for _, b := range parity {
+		parityBufs.Put(&b)
+	}
 }
 
 // putAll writes the shards whose index is in only (all if only is nil) with

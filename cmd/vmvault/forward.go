@@ -539,7 +539,7 @@ func forwardPolicy(cmd *cobra.Command) (serial bool, deny string) {
 	}
 	// Profiles would be of the whole mount process, and the profiler is
 	// process-wide state.
-	for _, p := range []string{"cpuprofile", "blockprofile", "mutexprofile", "memprofile"} {
+	for _, p := range []string{"cpuprofile", "blockprofile", "mutexprofile", "memprofile", "trace"} {
 		if changed(p) {
 			return false, path + " --" + p
 		}
@@ -673,7 +673,7 @@ func shorthandValues(flags *pflag.FlagSet, a string) int {
 // isPathFlag reports whether flag name of command path holds a host path.
 func isPathFlag(path, name, val string) bool {
 	switch name {
-	case "repo", "password-file", "cpuprofile", "blockprofile", "mutexprofile", "memprofile":
+	case "repo", "password-file", "cpuprofile", "blockprofile", "mutexprofile", "memprofile", "trace":
 		return true
 	case "to":
 		return path == "restore" && val != engine.RestoreOriginal

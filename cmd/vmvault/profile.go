@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 
 	"github.com/spf13/cobra"
 )
@@ -12,9 +13,9 @@ import (
 // profileFlags are hidden admin/debug flags of the data commands (backup,
 // restore): Go pprof profiles of one run, for `go tool pprof`.
 type profileFlags struct {
-	cpu, block, mutex, mem string
+	cpu, block, mutex, mem, trace string
 
-	cpuFile *os.File
+	cpuFile, traceFile *os.File
 }
 
 func (p *profileFlags) register(cmd *cobra.Command) {
@@ -23,7 +24,8 @@ func (p *profileFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&p.block, "blockprofile", "", "write a goroutine blocking profile to FILE (debug)")
 	fs.StringVar(&p.mutex, "mutexprofile", "", "write a mutex contention profile to FILE (debug)")
 	fs.StringVar(&p.mem, "memprofile", "", "write a heap profile to FILE at the end (debug)")
-	for _, n := range []string{"cpuprofile", "blockprofile", "mutexprofile", "memprofile"} {
+	fs.StringVar(&p.trace, "trace", "", "write a Go execution trace to FILE, for `go tool trace` (debug)")
+	for _, n := range []string{"cpuprofile", "blockprofile", "mutexprofile", "memprofile", "trace"} {
 		_ = fs.MarkHidden(n)
 	}
 }
@@ -47,6 +49,17 @@ func (p *profileFlags) start() error {
 		}
 		p.cpuFile = f
 	}
+	if p.trace != "" {
+		f, err := os.Create(p.trace)
+		if err != nil {
+			return fmt.Errorf("trace: %w", err)
+		}
+		if err := trace.Start(f); err != nil {
+			f.Close()
+			return fmt.Errorf("trace: %w", err)
+		}
+		p.traceFile = f
+	}
 	return nil
 }
 
@@ -55,6 +68,11 @@ func (p *profileFlags) stop() {
 		pprof.StopCPUProfile()
 		p.cpuFile.Close()
 		p.cpuFile = nil
+	}
+	if p.traceFile != nil {
+		trace.Stop()
+		p.traceFile.Close()
+		p.traceFile = nil
 	}
 	write := func(name, path string) {
 		if path == "" {

@@ -251,6 +251,23 @@ func (b *Backend) makeDurable(dir string) error {
 // copyExact copies exactly size bytes from r to w in large writes, checking
 // ctx between them, and fails if r has fewer or more bytes.
 func copyExact(ctx context.Context, w io.Writer, r io.Reader, size int64) error {
+	if wt, ok := r.(io.WriterTo); ok {
+		// In-memory sources (shards are bytes.Readers, and io.MultiReader
+		// passes WriteTo on to its parts) write their slices straight to
+		// the file: no copy through a buffer, which cost ~0.1 s of CPU per
+		// GB written.
+		ew := &exactWriter{ctx: ctx, w: w, left: size}
+		if _, err := wt.WriteTo(ew); err != nil {
+			if ew.over {
+				return fmt.Errorf("reader gave more than %d bytes", size)
+			}
+			return err
+		}
+		if ew.left > 0 {
+			return fmt.Errorf("reader gave %d bytes, want %d: %w", size-ew.left, size, io.ErrUnexpectedEOF)
+		}
+		return ctx.Err()
+	}
 	bufp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bufp)
 	buf := *bufp
@@ -513,4 +530,28 @@ func (b *Backend) Clean(ctx context.Context, maxAge time.Duration) (int, error) 
 func validDir(root, path string) bool {
 	rel, err := filepath.Rel(root, path)
 	return err == nil && backend.ValidateName(filepath.ToSlash(rel)) == nil
+}
+
+// exactWriter passes at most left bytes on to w, checking ctx before each
+// write; a write past the limit fails and sets over.
+type exactWriter struct {
+	ctx  context.Context
+	w    io.Writer
+	left int64
+	over bool
+}
+
+var errTooLong = errors.New("local: source longer than its declared size")
+
+func (e *exactWriter) Write(p []byte) (int, error) {
+	if err := e.ctx.Err(); err != nil {
+		return 0, err
+	}
+	if int64(len(p)) > e.left {
+		e.over = true
+		return 0, errTooLong
+	}
+	n, err := e.w.Write(p)
+	e.left -= int64(n)
+	return n, err
 }
