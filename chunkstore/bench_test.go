@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -171,6 +172,96 @@ func ingestStreams(b *testing.B, s *Store, data []byte, n int) Stats {
 		st.add(x)
 	}
 	return st
+}
+
+// benchSegment is the engine's segment size (engine.SegmentSize): a backup
+// cuts a disk into 16 MiB segments and ingests each with IngestBytes, one
+// per worker goroutine.
+const benchSegment = 16 << 20
+
+// ingestSegments ingests data the way the engine's backup does: 16 MiB
+// segments taken in turn by n worker goroutines, each chunked in place
+// (IngestBytes: no copy into input blocks), then flushes.
+func ingestSegments(b *testing.B, s *Store, data []byte, n int) Stats {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		st   Stats
+		next atomic.Int64
+	)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				off := int(next.Add(benchSegment) - benchSegment)
+				if off >= len(data) {
+					return
+				}
+				x, err := s.IngestBytes(context.Background(), data[off:min(off+benchSegment, len(data))], nil)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				mu.Lock()
+				st.add(x)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := s.Flush(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return st
+}
+
+// BenchmarkIngestSegments is BenchmarkIngest on the engine's path: 16 MiB
+// segments through IngestBytes, 3 workers (the backup's default on two
+// cores, GOMAXPROCS+1), new repository each iteration.
+func BenchmarkIngestSegments(b *testing.B) {
+	data := osLike(b, benchMB()<<20)
+	b.SetBytes(int64(len(data)))
+	var cpu time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		dir, pw := benchRepo(b, false)
+		s := openT(b, dir, OpenOptions{Password: pw})
+		runtime.GC()
+		b.StartTimer()
+		c0 := cpuTime()
+		ingestSegments(b, s, data, runtime.GOMAXPROCS(0)+1)
+		b.StopTimer()
+		cpu += cpuTime() - c0
+		s.Close()
+		os.RemoveAll(dir)
+		b.StartTimer()
+	}
+	reportCPU(b, cpu, int64(len(data))*int64(b.N))
+}
+
+// BenchmarkIngestDedupSegments is the dedup hit path as a backup meets it
+// (an express full of an unchanged disk): the same data again, in 16 MiB
+// segments through IngestBytes with 3 workers.
+func BenchmarkIngestDedupSegments(b *testing.B) {
+	data := osLike(b, 4*benchMB()<<20)
+	dir, pw := benchRepo(b, false)
+	s := openT(b, dir, OpenOptions{Password: pw})
+	defer s.Close()
+	workers := runtime.GOMAXPROCS(0) + 1
+	ingestSegments(b, s, data, workers)
+	disk := shardBytes(b, dir)
+	b.SetBytes(int64(len(data)))
+	c0 := cpuTime()
+	for b.Loop() {
+		if st := ingestSegments(b, s, data, workers); st.NewChunks != 0 {
+			b.Fatal(st)
+		}
+	}
+	reportCPU(b, cpuTime()-c0, int64(len(data))*int64(b.N))
+	if got := shardBytes(b, dir); got != disk {
+		b.Errorf("shard bytes grew from %d to %d on dedup hits", disk, got)
+	}
 }
 
 // BenchmarkIngestDedup: the same data again (every chunk a dedup hit);
