@@ -77,11 +77,39 @@ type Segment struct {
 
 // SourceFile is a file a disk was read from, with the facts that let the
 // next backup skip an unchanged disk without reading it.
+//
+// A disk read through a differencing (checkpoint) chain lists every file
+// of the chain, the leaf (Source) first and the base last, each with the
+// chain facts below: the identity each file must keep when a restore to
+// the original location writes the chain again, and how each child names
+// its parent. Recovery points made before these facts were recorded list
+// the leaf and its parent with path, size and mtime only; a restore then
+// learns the chain from the files on disk (restore_chain.go). Disks
+// without a parent record path, size and mtime only, as before.
 type SourceFile struct {
 	Path    string `json:"path"`
 	Size    int64  `json:"size"`
 	ModTime int64  `json:"mtime_ns"`
+
+	DiskID             vdisk.GUID `json:"disk_id,omitzero"` // this file's page-83 Virtual Disk ID
+	DataWriteGUID      vdisk.GUID `json:"data_write_guid,omitzero"`
+	VirtualSize        int64      `json:"virtual_size,omitempty"`
+	LogicalSectorSize  uint32     `json:"logical_sector_size,omitempty"`
+	PhysicalSectorSize uint32     `json:"physical_sector_size,omitempty"`
+	BlockSize          uint32     `json:"block_size,omitempty"`
+	// The parent locator of a child (zero for the base), as stored in the
+	// file: parent_linkage, relative_path, absolute_win32_path and
+	// volume_path (Windows forms, kept verbatim so a restored child names
+	// its parent exactly as Hyper-V wrote it).
+	ParentLinkage      vdisk.GUID `json:"parent_linkage,omitzero"`
+	ParentRelativePath string     `json:"parent_relative_path,omitempty"`
+	ParentAbsolutePath string     `json:"parent_absolute_win32_path,omitempty"`
+	ParentVolumePath   string     `json:"parent_volume_path,omitempty"`
 }
+
+// chainFacts reports whether f carries the chain facts (recorded since
+// chains are restored as chains); every chain file has a sector size.
+func (f SourceFile) chainFacts() bool { return f.LogicalSectorSize != 0 }
 
 // DiskManifest describes one backed-up virtual disk.
 type DiskManifest struct {

@@ -134,11 +134,34 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 		return nil
 	}
 
+	// writeVHDX writes a disk's stored data as a dynamic VHDX of identity id.
+	writeVHDX := func(dr *DiskReader, id vdisk.Identity) func(context.Context, string) error {
+		return func(ctx context.Context, tmp string) error {
+			// The synthesizer reads the source in order, 8 MiB at a
+			// time: split each read over the workers so decoding uses
+			// every core.
+			src := &parallelReader{r: &countingReader{ctx: ctx, r: dr, add: progress}, workers: restoreWorkers(), piece: restorePiece}
+			return vhdx.WriteFile(ctx, tmp, id, src, dr.Allocated(), vhdx.SynthOptions{})
+		}
+	}
 	var items []restoreItem
 	for i := range m.Disks {
 		d := &m.Disks[i]
 		var final, f string
 		if original {
+			// A checkpoint chain is written back as a chain: the data
+			// into the base, empty children (restore_chain.go).
+			chain, err := chainFiles(d)
+			if err != nil {
+				return nil, err
+			}
+			if chain != nil {
+				dr := newDiskReader(r.store, d)
+				items = append(items, chainRestoreItems(m, d, chain, func(id vdisk.Identity) func(context.Context, string) error {
+					return writeVHDX(dr, id)
+				})...)
+				continue
+			}
 			final = d.Source
 			f = d.Identity.Format
 			if f != "vhdx" {
@@ -150,13 +173,7 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 		}
 		dr := newDiskReader(r.store, d)
 		if f == "vhdx" {
-			items = append(items, restoreItem{final: final, write: func(ctx context.Context, tmp string) error {
-				// The synthesizer reads the source in order, 8 MiB at a
-				// time: split each read over the workers so decoding
-				// uses every core.
-				src := &parallelReader{r: &countingReader{ctx: ctx, r: dr, add: progress}, workers: restoreWorkers(), piece: restorePiece}
-				return vhdx.WriteFile(ctx, tmp, dr.Identity(), src, dr.Allocated(), vhdx.SynthOptions{})
-			}})
+			items = append(items, restoreItem{final: final, write: writeVHDX(dr, dr.Identity())})
 		} else {
 			items = append(items, restoreItem{final: final, write: func(ctx context.Context, tmp string) error {
 				return writeRawFile(ctx, tmp, dr, progress)
@@ -184,6 +201,9 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 		}})
 	}
 
+	if err := checkDistinctTargets(items); err != nil {
+		return nil, err
+	}
 	// Pre-flight: targets free (original) or absent (directory).
 	for _, it := range items {
 		if original {

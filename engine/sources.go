@@ -11,6 +11,7 @@ import (
 
 	"github.com/vmvault/vmvault/vhdxfs"
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
+	"github.com/vmvault/vmvault/vhdxfs/vhdx"
 )
 
 // configExts are the Hyper-V configuration files a VM folder carries
@@ -158,10 +159,7 @@ func openDisks(p *sourcePlan) (out []*openDisk, err error) {
 		od := &openDisk{plannedDisk: pd, disk: d,
 			name: strings.TrimSuffix(filepath.Base(pd.path), filepath.Ext(pd.path))}
 		out = append(out, od)
-		od.files = append(od.files, statFile(pd.path))
-		if pp := d.Identity().ParentPath; pp != "" {
-			od.files = append(od.files, statFile(pp))
-		}
+		od.files = sourceFiles(pd.path, d)
 	}
 	// Drop folder disks that another disk names as its parent.
 	isParent := func(od *openDisk) bool {
@@ -194,6 +192,52 @@ func openDisks(p *sourcePlan) (out []*openDisk, err error) {
 		}
 	}
 	return out, nil
+}
+
+// chainLister is a disk read through a differencing chain that can list
+// its files (vhdx.Disk).
+type chainLister interface {
+	Chain() []vhdx.ChainFile
+}
+
+// sourceFiles lists the files a disk is read from. A differencing chain
+// records every file, leaf first, with the facts a restore to the original
+// location needs to write the chain again (SourceFile); a disk without
+// parent records its one file as before, so the unchanged-disk test of
+// the next backup still matches recovery points of earlier builds.
+func sourceFiles(path string, d vdisk.Disk) []SourceFile {
+	cl, ok := d.(chainLister)
+	if !ok || d.Identity().ChainLength <= 1 {
+		files := []SourceFile{statFile(path)}
+		if pp := d.Identity().ParentPath; pp != "" {
+			files = append(files, statFile(pp))
+		}
+		return files
+	}
+	chain := cl.Chain()
+	files := make([]SourceFile, 0, len(chain))
+	for i, c := range chain {
+		p := c.Path
+		if i == 0 {
+			p = path // as given, like Source
+		}
+		sf := statFile(p)
+		sf.DiskID, sf.DataWriteGUID, sf.VirtualSize = c.DiskID, c.DataWriteGUID, c.VirtualSize
+		sf.LogicalSectorSize, sf.PhysicalSectorSize, sf.BlockSize = c.LogicalSectorSize, c.PhysicalSectorSize, c.BlockSize
+		if loc := c.ParentLocator; loc != nil {
+			// The reader opened the parent only after matching it with
+			// parent_linkage (or parent_linkage2): record the one that
+			// matched, which is the parent's DataWriteGuid.
+			if i+1 < len(chain) {
+				sf.ParentLinkage = chain[i+1].DataWriteGUID
+			}
+			sf.ParentRelativePath = loc["relative_path"]
+			sf.ParentAbsolutePath = loc["absolute_win32_path"]
+			sf.ParentVolumePath = loc["volume_path"]
+		}
+		files = append(files, sf)
+	}
+	return files
 }
 
 func statFile(path string) SourceFile {

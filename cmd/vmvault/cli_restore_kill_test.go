@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	"github.com/vmvault/vmvault/internal/testdisks"
+	"github.com/vmvault/vmvault/vhdxfs/vdisk"
+	"github.com/vmvault/vmvault/vhdxfs/vhdx"
 )
 
 // killJournal is the part of engine's restore journal the test reads.
@@ -45,7 +49,6 @@ func TestCLIKillDuringRestore(t *testing.T) {
 	}
 	td := testdisks.Dir(t)
 	dir := t.TempDir()
-	repo := filepath.Join(dir, "repo")
 	vm := filepath.Join(dir, "vm")
 	const guid = "5D2C8E4A-7B1F-4C3D-9E2A-1F0B3C4D5E6F"
 	disk := filepath.Join(vm, "Virtual Hard Disks", "gpt.vhdx")
@@ -69,6 +72,58 @@ func TestCLIKillDuringRestore(t *testing.T) {
 		}
 		os.WriteFile(p, b, 0o644)
 	}
+	killDuringRestore(t, dir, vm, files, rng)
+}
+
+// TestCLIKillDuringChainRestore is TestCLIKillDuringRestore for a VM
+// whose disk is a checkpoint chain (base.vhdx <- child.avhdx <- top.avhdx):
+// restore --to original rewrites all three chain files (the data into the
+// base, the checkpoints as empty differencing disks) and the
+// configuration, all or nothing across a SIGKILL.
+func TestCLIKillDuringChainRestore(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow")
+	}
+	td := testdisks.Dir(t)
+	dir := t.TempDir()
+	vm := filepath.Join(dir, "vm")
+	const guid = "7E3D9F5B-8C2A-4D4E-AF3B-2A1C4D5E6F70"
+	vhd := filepath.Join(vm, "Virtual Hard Disks")
+	base, child, top := filepath.Join(vhd, "base.vhdx"), filepath.Join(vhd, "child.avhdx"), filepath.Join(vhd, "top.avhdx")
+	cfg := filepath.Join(vm, "Virtual Machines", guid+".vmcx")
+	os.MkdirAll(vhd, 0o755)
+	os.MkdirAll(filepath.Dir(cfg), 0o755)
+	for src, dst := range map[string]string{testdisks.BaseVHDX: base, testdisks.ChildAVHDX: child} {
+		b, err := os.ReadFile(filepath.Join(td, src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(dst, b, 0o644)
+	}
+	// A fresh checkpoint on top: empty, as Hyper-V creates one.
+	c, err := vhdx.Open(child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := c.Identity()
+	c.Close()
+	err = vhdx.WriteDiffFile(context.Background(), top,
+		vdisk.Identity{DiskID: vdisk.GUID{0x7e, 15: 1}, DataWriteGUID: vdisk.GUID{0x7e, 15: 2}, VirtualSize: id.VirtualSize, LogicalSectorSize: id.LogicalSectorSize},
+		vhdx.DiffParent{Linkage: id.DataWriteGUID, RelativePath: `.\child.avhdx`}, vhdx.SynthOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(cfg, []byte("vmcx of the chain VM"), 0o644)
+	files := []string{base, child, top, cfg}
+	sort.Strings(files)
+	killDuringRestore(t, dir, vm, files, rand.New(rand.NewPCG(13, 14)))
+}
+
+// killDuringRestore backs up the VM folder vm into dir/repo, then kills
+// restores --to original of it as TestCLIKillDuringRestore describes;
+// files are every file the restore writes; rng picks the kill moments.
+func killDuringRestore(t *testing.T, dir, vm string, files []string, rng *rand.Rand) {
+	repo := filepath.Join(dir, "repo")
 	mustVMV(t, nil, "init", "--repo", repo, "--data-shards", "2", "--parity-shards", "1")
 	mustVMV(t, nil, "backup", "-q", "--repo", repo, "--vm", "kv", vm)
 
@@ -151,7 +206,13 @@ func TestCLIKillDuringRestore(t *testing.T) {
 	}
 	strays := func() []string {
 		var s []string
-		for _, d := range []string{filepath.Dir(disk), filepath.Join(vm, "Virtual Machines"), journalDir} {
+		dirs := []string{journalDir}
+		for _, p := range files {
+			if !slices.Contains(dirs, filepath.Dir(p)) {
+				dirs = append(dirs, filepath.Dir(p))
+			}
+		}
+		for _, d := range dirs {
 			ents, _ := os.ReadDir(d)
 			for _, e := range ents {
 				if strings.HasPrefix(e.Name(), ".") || d == journalDir {

@@ -42,6 +42,15 @@ completes the restore; never a mix. With --to original, a file locked by
 another process (flock, or a byte-range lock as qemu takes) counts as in use
 and is refused unless --force.
 
+A disk that was a checkpoint chain (base .vhdx plus .avhdx differencing
+disks; backed up flattened from the leaf) is restored --to original as a
+chain: the data goes into the base file, every .avhdx becomes an empty
+differencing disk with its own disk ID and its parent locator as before, so
+the VM's configuration and checkpoint tree still fit and deleting a
+checkpoint merges nothing. Every checkpoint of that chain then shows the
+restored point: the backup holds the flattened disk, not each checkpoint's
+own state. --to DIR writes the flattened disk as one file.
+
 Several --vm (or --vm A,B) restore the latest points of several VMs,
 --parallel at a time, each into DIR/<vm>. --limit takes a rate (50MiB/s) or
 a schedule ("Mon-Fri 08:00-18:00=20MiB/s,*=0"); --notify mailto:ADDR or
