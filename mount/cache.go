@@ -15,8 +15,12 @@ import (
 // blockCache is the bounded LRU of decoded disk data shared by every open
 // file of a tree: .raw, .vhdx, volume.img and guest files all end up reading
 // aligned blocks of some disk through it, so a block decoded for one reader
-// (or by read-ahead) serves all of them. Values are immutable []byte, so a
-// reader may keep using a block after it has been evicted.
+// (or by read-ahead) serves all of them.
+//
+// Blocks are reference counted (see block) so that their buffers can be
+// recycled instead of allocated and cleared for every fill, and so that a
+// FUSE reply can be written straight out of a cached block (a loan) while
+// the block is evicted under it.
 //
 // It is split into shards, each with its own mutex, so concurrent readers of
 // different blocks rarely meet; get-or-compute runs the fill outside the
@@ -25,6 +29,9 @@ type blockCache struct {
 	blockSize int64
 	nshards   uint64
 	shards    [maxCacheShards]cacheShard
+	pool      blockPool
+	// zeros is lent out for holes: read-only, never recycled.
+	zeros []byte
 }
 
 // maxCacheShards bounds the shards; fewer are used when the budget would
@@ -51,18 +58,88 @@ type cacheShard struct {
 
 type cacheItem struct {
 	k cacheKey
-	v []byte
+	b *block
 }
 
 type cacheFill struct {
 	done chan struct{}
-	v    []byte
+	b    *block
 	err  error
+	// waiters counts the readers waiting for this fill (under the shard
+	// lock); the filler takes a reference for each before it wakes them,
+	// so none of them can find the buffer already recycled.
+	waiters int32
+}
+
+// block is one decoded block. refs counts the cache's reference (while the
+// block is cached) and one per reader holding it (copying out of it, or
+// lending it to a FUSE reply until the reply is written). The buffer goes
+// back to the pool when the count drops to zero, and not before: a buffer
+// refilled while a reply still points into it would send another block's
+// bytes.
+type block struct {
+	data []byte
+	refs atomic.Int32
+	pool *blockPool // nil: not recycled (a short tail block)
+}
+
+func (b *block) acquire() { b.refs.Add(1) }
+
+func (b *block) release() {
+	switch r := b.refs.Add(-1); {
+	case r == 0:
+		if b.pool != nil {
+			b.pool.put(b.data)
+		}
+		b.data = nil // a use after the last release faults instead of reading a recycled buffer
+	case r < 0:
+		panic("mount: cache block released more often than acquired")
+	}
+}
+
+// blockPool recycles full-size block buffers. A fill would otherwise
+// allocate 1 MiB, which the runtime clears, and the GC would then collect
+// it again: at 1 GB/s of sequential reads that was a tenth of the mount's
+// CPU. The free list is small and bounded (it only bridges the eviction of
+// one block and the fill of the next), so it adds little to the memory the
+// cache is allowed.
+type blockPool struct {
+	size int
+	free chan []byte
+}
+
+// poolBlocks bounds the free list.
+const poolBlocks = 8
+
+// get returns a buffer of n bytes with undefined contents (the fill
+// overwrites all of it) and whether it may go back to the pool.
+func (p *blockPool) get(n int) ([]byte, bool) {
+	if n != p.size {
+		return make([]byte, n), false
+	}
+	select {
+	case b := <-p.free:
+		return b, true
+	default:
+		return make([]byte, n), true
+	}
+}
+
+func (p *blockPool) put(b []byte) {
+	if len(b) != p.size {
+		return
+	}
+	select {
+	case p.free <- b:
+	default: // full: the GC takes it
+	}
 }
 
 func newBlockCache(maxBytes, blockSize int64) *blockCache {
 	n := min(max(maxBytes/(minShardBlocks*blockSize), 1), maxCacheShards)
-	c := &blockCache{blockSize: blockSize, nshards: uint64(n)}
+	c := &blockCache{blockSize: blockSize, nshards: uint64(n),
+		pool:  blockPool{size: int(blockSize), free: make(chan []byte, poolBlocks)},
+		zeros: make([]byte, blockSize)}
 	per := maxBytes / n
 	for i := range c.shards[:n] {
 		s := &c.shards[i]
@@ -78,45 +155,67 @@ func (c *blockCache) shard(k cacheKey) *cacheShard {
 	return &c.shards[(h>>32)%c.nshards]
 }
 
-// get returns the block for k, calling fill at most once for concurrent
-// misses. Failed fills are not cached: a damaged chunk is retried (and
-// reported) on every read.
-func (c *blockCache) get(k cacheKey, fill func() ([]byte, error)) ([]byte, error) {
+// get returns the block for k with a reference the caller must release,
+// calling fill (with a buffer of n bytes to fill completely) at most once
+// for concurrent misses. Failed fills are not cached: a damaged chunk is
+// retried (and reported) on every read.
+func (c *blockCache) get(k cacheKey, n int64, fill func(p []byte) error) (*block, error) {
 	s := c.shard(k)
 	s.mu.Lock()
 	if e, ok := s.m[k]; ok {
 		s.ll.MoveToFront(e)
-		v := e.Value.(*cacheItem).v
+		b := e.Value.(*cacheItem).b
+		b.acquire()
 		s.mu.Unlock()
-		return v, nil
+		return b, nil
 	}
 	if f, ok := s.inflight[k]; ok {
+		f.waiters++
 		s.mu.Unlock()
 		<-f.done
-		return f.v, f.err
+		return f.b, f.err // the filler took our reference
 	}
 	f := &cacheFill{done: make(chan struct{})}
 	s.inflight[k] = f
 	s.mu.Unlock()
 
-	f.v, f.err = fill()
+	buf, pooled := c.pool.get(int(n))
+	var b *block
+	err := fill(buf)
+	if err != nil {
+		if pooled {
+			c.pool.put(buf)
+		}
+	} else {
+		b = &block{data: buf}
+		if pooled {
+			b.pool = &c.pool
+		}
+		b.refs.Store(1) // ours
+	}
 
 	s.mu.Lock()
-	delete(s.inflight, k)
-	if f.err == nil && int64(len(f.v)) <= s.max {
-		s.m[k] = s.ll.PushFront(&cacheItem{k: k, v: f.v})
-		s.size += int64(len(f.v))
-		for s.size > s.max {
-			old := s.ll.Back()
-			it := old.Value.(*cacheItem)
-			s.ll.Remove(old)
-			delete(s.m, it.k)
-			s.size -= int64(len(it.v))
+	delete(s.inflight, k) // no new waiters from here on
+	if b != nil {
+		b.refs.Add(f.waiters)
+		if n <= s.max {
+			b.acquire() // the cache's
+			s.m[k] = s.ll.PushFront(&cacheItem{k: k, b: b})
+			s.size += n
+			for s.size > s.max {
+				old := s.ll.Back()
+				it := old.Value.(*cacheItem)
+				s.ll.Remove(old)
+				delete(s.m, it.k)
+				s.size -= int64(len(it.b.data))
+				it.b.release()
+			}
 		}
 	}
+	f.b, f.err = b, err
 	s.mu.Unlock()
 	close(f.done)
-	return f.v, f.err
+	return b, err
 }
 
 // has reports whether k is cached or being filled.
@@ -127,6 +226,21 @@ func (c *blockCache) has(k cacheKey) bool {
 	_, ok := s.m[k]
 	_, fl := s.inflight[k]
 	return ok || fl
+}
+
+// loan is bytes lent out of the cache instead of copied: bufs are
+// read-only and stay valid until release, which drops the references that
+// keep their blocks from being recycled.
+type loan struct {
+	bufs   [][]byte
+	blocks []*block
+}
+
+func (l *loan) release() {
+	for _, b := range l.blocks {
+		b.release()
+	}
+	l.bufs, l.blocks = nil, nil
 }
 
 // cachedDisk is a vdisk.Disk that reads through the shared block cache.
@@ -204,11 +318,7 @@ func (d *cachedDisk) readAt(p []byte, off int64, ahead bool) (int, error) {
 			n += int(m)
 			continue
 		}
-		last := d.lastBlock.Swap(b)
-		if ahead && d.t != nil && last == b-1 {
-			d.readAhead(b + 1)
-		}
-		if last != b && last != b-1 && m <= smallRead && bEnd-bOff >= 4*m && !d.c.has(cacheKey{d.id, b}) {
+		if d.bypass(b, bOff, bEnd, m, ahead) {
 			// A small read that jumped, into a block much larger than
 			// itself: random access (fio, a database file, filesystem
 			// metadata). (A small file is one small block: filling it is
@@ -223,13 +333,14 @@ func (d *cachedDisk) readAt(p []byte, off int64, ahead bool) (int, error) {
 			n += int(m)
 			continue
 		}
-		blk, err := d.c.get(cacheKey{d.id, b}, func() ([]byte, error) { return d.fill(b) })
+		blk, err := d.block(b)
 		if err != nil {
 			if err := readFull(d.src, dst, pos); err != nil {
 				return n, err
 			}
 		} else {
-			copy(dst, blk[pos-bOff:])
+			copy(dst, blk.data[pos-bOff:])
+			blk.release()
 		}
 		n += int(m)
 	}
@@ -267,19 +378,77 @@ func (v volumeDisk) ReadAt(p []byte, off int64) (int, error) {
 // requests, so those always count as big.
 const smallRead = 32 << 10
 
-// fill reads block b from the source.
-func (d *cachedDisk) fill(b int64) ([]byte, error) {
+// bypass records that a read of m bytes entered block b ([bOff, bEnd)),
+// starting block read-ahead when it follows the previous one (and ahead),
+// and reports whether the read is random access that should bypass the
+// cache (see readAt).
+func (d *cachedDisk) bypass(b, bOff, bEnd, m int64, ahead bool) bool {
+	last := d.lastBlock.Swap(b)
+	if ahead && d.t != nil && last == b-1 {
+		d.readAhead(b + 1)
+	}
+	return last != b && last != b-1 && m <= smallRead && bEnd-bOff >= 4*m && !d.c.has(cacheKey{d.id, b})
+}
+
+// block returns block b, cached or filled, with a reference for the caller.
+func (d *cachedDisk) block(b int64) (*block, error) {
 	bs := d.c.blockSize
-	bOff := b * bs
-	bEnd := min(bOff+bs, d.size)
-	buf := make([]byte, bEnd-bOff)
-	if !d.allocated(bOff, bEnd) {
-		return buf, nil
+	n := min(bs, d.size-b*bs)
+	return d.c.get(cacheKey{d.id, b}, n, func(p []byte) error { return d.fill(p, b) })
+}
+
+// fill reads block b from the source into p (the whole block; a
+// recycled buffer holds another block's bytes until then).
+func (d *cachedDisk) fill(p []byte, b int64) error {
+	bOff := b * d.c.blockSize
+	if !d.allocated(bOff, bOff+int64(len(p))) {
+		clear(p)
+		return nil
 	}
-	if err := readFull(d.src, buf, bOff); err != nil {
-		return nil, err
+	return readFull(d.src, p, bOff)
+}
+
+// LendAt lends the n bytes at off straight out of the cache: bufs hold
+// them, read-only, until done is called. It is ReadAt without the copy
+// (vhdx.Lender; FUSE replies are written from the bufs). ok is false when
+// the range is not entirely inside the disk, is a random small read (see
+// readAt), or a block cannot be filled: the caller then uses ReadAt, which
+// handles and reports all of those.
+func (d *cachedDisk) LendAt(off int64, n int) (bufs [][]byte, done func(), ok bool) {
+	var l loan
+	if !d.lend(&l, off, int64(n)) {
+		l.release()
+		return nil, nil, false
 	}
-	return buf, nil
+	return l.bufs, l.release, true
+}
+
+func (d *cachedDisk) lend(l *loan, off, n int64) bool {
+	if off < 0 || n <= 0 || off > d.size-n {
+		return false
+	}
+	bs := d.c.blockSize
+	for end := off + n; off < end; {
+		b := off / bs
+		bOff := b * bs
+		bEnd := min(bOff+bs, d.size)
+		m := min(end-off, bEnd-off)
+		switch {
+		case !d.allocated(off, off+m):
+			l.bufs = append(l.bufs, d.c.zeros[:m])
+		case d.bypass(b, bOff, bEnd, m, true):
+			return false
+		default:
+			blk, err := d.block(b)
+			if err != nil {
+				return false
+			}
+			l.blocks = append(l.blocks, blk)
+			l.bufs = append(l.bufs, blk.data[off-bOff:off-bOff+m])
+		}
+		off += m
+	}
+	return true
 }
 
 // readAhead fetches up to Options.ReadAhead worth of blocks from b on, in
@@ -309,7 +478,9 @@ func (d *cachedDisk) readAhead(b int64) {
 			}
 			defer t.leave()
 			// Errors are not cached; the foreground read reports them.
-			d.c.get(cacheKey{d.id, k}, func() ([]byte, error) { return d.fill(k) })
+			if blk, err := d.block(k); err == nil {
+				blk.release()
+			}
 		}(k)
 	}
 }

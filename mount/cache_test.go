@@ -99,14 +99,18 @@ func TestCacheBoundedAndShared(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < 1000; i++ {
 				k := cacheKey{1, int64(i % 64)}
-				v, err := c.get(k, func() ([]byte, error) {
+				v, err := c.get(k, 4096, func(p []byte) error {
 					fills.Add(1)
-					return bytes.Repeat([]byte{byte(k.block)}, 4096), nil
+					for i := range p {
+						p[i] = byte(k.block)
+					}
+					return nil
 				})
-				if err != nil || v[0] != byte(k.block) {
+				if err != nil || v.data[0] != byte(k.block) || v.data[4095] != byte(k.block) {
 					t.Errorf("block %d: %v", k.block, err)
 					return
 				}
+				v.release()
 			}
 		}()
 	}
@@ -131,11 +135,16 @@ func TestCacheSingleFlightAndErrorsNotCached(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.get(cacheKey{1, 1}, func() ([]byte, error) {
+			b, err := c.get(cacheKey{1, 1}, 4096, func([]byte) error {
 				fills.Add(1)
 				<-release
-				return make([]byte, 4096), nil
+				return nil
 			})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			b.release()
 		}()
 	}
 	for fills.Load() == 0 {
@@ -147,7 +156,7 @@ func TestCacheSingleFlightAndErrorsNotCached(t *testing.T) {
 		t.Errorf("%d fills for concurrent misses of one block, want 1", n)
 	}
 	for i := 0; i < 2; i++ {
-		if _, err := c.get(cacheKey{2, 0}, func() ([]byte, error) { fills.Add(1); return nil, errBad }); !errors.Is(err, errBad) {
+		if _, err := c.get(cacheKey{2, 0}, 4096, func([]byte) error { fills.Add(1); return errBad }); !errors.Is(err, errBad) {
 			t.Errorf("error not returned: %v", err)
 		}
 	}
@@ -345,5 +354,179 @@ func TestVolumeDiskBigReadsBypassCache(t *testing.T) {
 	}
 	if !c.has(cacheKey{1, 5}) {
 		t.Error("small reads not cached")
+	}
+}
+
+// fillWith fills a cache block with b.
+func fillWith(b byte) func(p []byte) error {
+	return func(p []byte) error {
+		for i := range p {
+			p[i] = b
+		}
+		return nil
+	}
+}
+
+// TestBlockBufferNotRecycledWhileReferenced: a block a reader still holds
+// (a FUSE reply being written from it) is evicted and many blocks are filled
+// after it; its buffer must not be handed to any of those fills, and must be
+// recycled once released.
+func TestBlockBufferNotRecycledWhileReferenced(t *testing.T) {
+	const bs = 4096
+	c := newBlockCache(8*bs, bs) // one shard of 8 blocks
+	held, err := c.get(cacheKey{1, 0}, bs, fillWith(0xAA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := held.data
+	for i := int64(1); i < 100; i++ { // evicts block 0, recycles the others
+		b, err := c.get(cacheKey{1, i}, bs, fillWith(byte(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if &b.data[0] == &data[0] {
+			t.Fatalf("block %d was filled into the buffer of a block still referenced", i)
+		}
+		b.release()
+	}
+	if c.has(cacheKey{1, 0}) {
+		t.Fatal("block 0 not evicted; the test proves nothing")
+	}
+	for i, v := range data {
+		if v != 0xAA {
+			t.Fatalf("held block changed at byte %d: %#x", i, v)
+		}
+	}
+	held.release()
+	reused := false
+	for i := int64(100); i < 120 && !reused; i++ {
+		b, err := c.get(cacheKey{1, i}, bs, fillWith(byte(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reused = &b.data[0] == &data[0]
+		b.release()
+	}
+	if !reused {
+		t.Error("a released buffer was never recycled")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("releasing a block twice did not panic")
+		}
+	}()
+	held.release()
+}
+
+// TestCacheRefsBalanced: after concurrent readers (hits, misses, waiters on
+// one fill) have released their blocks, each cached block holds exactly
+// the cache's reference.
+func TestCacheRefsBalanced(t *testing.T) {
+	const bs = 4096
+	c := newBlockCache(16*8*bs, bs)
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				k := cacheKey{1, int64(i*7+g) % 200}
+				b, err := c.get(k, bs, func(p []byte) error {
+					runtime.Gosched() // let others join the fill
+					return fillWith(byte(k.block))(p)
+				})
+				if err != nil || b.data[bs-1] != byte(k.block) {
+					t.Errorf("block %d: %v", k.block, err)
+					return
+				}
+				b.release()
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range c.shards[:c.nshards] {
+		for e := c.shards[i].ll.Front(); e != nil; e = e.Next() {
+			if r := e.Value.(*cacheItem).b.refs.Load(); r != 1 {
+				t.Errorf("cached block %d holds %d references, want 1", e.Value.(*cacheItem).k.block, r)
+			}
+		}
+	}
+}
+
+// TestCachedDiskLendMatchesReadAt: lent bytes are the bytes ReadAt gives,
+// across block boundaries, holes and the short last block, and every loan
+// returns its references.
+func TestCachedDiskLendMatchesReadAt(t *testing.T) {
+	alloc := []vdisk.Extent{{Off: 4096, Len: 100000}, {Off: 300000, Len: 5}, {Off: 700000, Len: 300001}}
+	src := newMemDisk(1000001, alloc)
+	c := newBlockCache(1<<20, 64<<10)
+	cd := newCachedDisk(src, c, 1)
+	rnd := rand.New(rand.NewSource(3))
+	lent := 0
+	for i := 0; i < 2000; i++ {
+		n := 1 + rnd.Intn(200000)
+		off := rnd.Int63n(int64(len(src.b)) - int64(n) + 1)
+		if i%2 == 0 {
+			off -= off % (64 << 10) // block-aligned, like FUSE's reads
+		}
+		bufs, done, ok := cd.LendAt(off, n)
+		if !ok {
+			continue // a random small read: ReadAt's business
+		}
+		lent++
+		var got []byte
+		for _, b := range bufs {
+			got = append(got, b...)
+		}
+		if !bytes.Equal(got, src.b[off:off+int64(n)]) {
+			t.Fatalf("lend %d at %d: wrong bytes", n, off)
+		}
+		done()
+	}
+	if lent < 1000 {
+		t.Errorf("only %d of 2000 ranges lent", lent)
+	}
+	if _, _, ok := cd.LendAt(int64(len(src.b))-10, 11); ok {
+		t.Error("lent a range past the end")
+	}
+	for i := range c.shards[:c.nshards] {
+		for e := c.shards[i].ll.Front(); e != nil; e = e.Next() {
+			if r := e.Value.(*cacheItem).b.refs.Load(); r != 1 {
+				t.Errorf("block %d holds %d references after all loans ended, want 1", e.Value.(*cacheItem).k.block, r)
+			}
+		}
+	}
+}
+
+// TestHandleLend: a handle over a lender lends whole reads, clips them at
+// the end of the file and reads ahead like ReadAt; a closed handle lends
+// nothing.
+func TestHandleLend(t *testing.T) {
+	src := newMemDisk(16<<20, []vdisk.Extent{{Off: 0, Len: 16 << 20}})
+	tr := New(nil, Options{CacheSize: 64 << 20, BlockSize: 1 << 20, ReadAhead: 8 << 20, Logf: t.Logf})
+	cd := newCachedDisk(src, tr.cache, 1)
+	h := &Handle{t: tr, path: "x", r: cd, size: cd.Size() - 100}
+	for off := int64(0); off < 4<<20; off += 1 << 20 {
+		bufs, done, ok := h.Lend(off, 1<<20)
+		if !ok || len(bufs) != 1 || !bytes.Equal(bufs[0], src.b[off:off+1<<20]) {
+			t.Fatalf("lend at %d: ok %v", off, ok)
+		}
+		done()
+	}
+	h.wg.Wait()
+	if !tr.cache.has(cacheKey{1, 6}) {
+		t.Error("lending reads did not read ahead")
+	}
+	bufs, done, ok := h.Lend(15<<20, 1<<20)
+	if !ok || len(bufs) != 1 || len(bufs[0]) != 1<<20-100 {
+		t.Fatalf("lend at the end: ok %v, %d bufs", ok, len(bufs))
+	}
+	done()
+	if _, _, ok := h.Lend(h.size, 1); ok {
+		t.Error("lent at EOF")
+	}
+	h.Close()
+	if _, _, ok := h.Lend(0, 1); ok {
+		t.Error("lent after Close")
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmvault/vmvault/vhdxfs/guest"
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
+	"github.com/vmvault/vmvault/vhdxfs/vhdx"
 )
 
 // Handle is an open file of the tree. It satisfies guest.File (so the tree
@@ -75,6 +76,40 @@ func (h *Handle) ReadAt(p []byte, off int64) (int, error) {
 	}
 	h.readAhead(off, int64(n))
 	return n, eof
+}
+
+// lender is a reader that can lend its bytes instead of copying them: the
+// disks' cachedDisk and the .vhdx view over one (vhdx.Lender).
+type lender interface {
+	LendAt(off int64, n int) (bufs [][]byte, done func(), ok bool)
+}
+
+var (
+	_ lender = (*cachedDisk)(nil)
+	_ lender = (*vhdx.Synth)(nil)
+)
+
+// Lend is ReadAt without the copy, for readers that keep the bytes in the
+// block cache anyway (.raw and .vhdx): bufs hold up to n bytes at off
+// (fewer at the end of the file), read-only, until release is called. The
+// FUSE adapter writes its reply from them; a cached block costs one copy
+// (into the kernel) instead of two. ok false means the bytes cannot be
+// lent (another kind of file, a random small read, a damaged block, the
+// end of the file): use ReadAt, which also reports any error.
+func (h *Handle) Lend(off int64, n int) (bufs [][]byte, release func(), ok bool) {
+	l, isLender := h.r.(lender)
+	if !isLender || off < 0 || off >= h.size || n <= 0 || h.closed.Load() {
+		return nil, nil, false
+	}
+	if !h.t.enter() {
+		return nil, nil, false
+	}
+	defer h.t.leave()
+	m := min(int64(n), h.size-off)
+	if bufs, release, ok = l.LendAt(off, int(m)); ok {
+		h.readAhead(off, m)
+	}
+	return bufs, release, ok
 }
 
 // readAhead starts prefetching when reads are sequential. It never blocks
@@ -156,11 +191,9 @@ func (h *Handle) readAhead(off, n int64) {
 				inflight++
 				go func(pos, m int64) {
 					defer func() { done <- struct{}{} }()
-					buf := h.t.bufPool.Get().(*[]byte)
-					defer h.t.bufPool.Put(buf)
 					// Errors are not reported here: the foreground read of
 					// the same range reports them, with the file name.
-					if _, err := h.r.ReadAt((*buf)[:m], pos); err != nil && !errors.Is(err, io.EOF) {
+					if !h.prefetch(pos, m) {
 						failed.Store(true)
 					}
 				}(pos, m)
@@ -174,6 +207,22 @@ func (h *Handle) readAhead(off, n int64) {
 			inflight--
 		}
 	}()
+}
+
+// prefetch gets [pos, pos+m) into the cache. A reader that lends its
+// bytes fills its blocks without copying them anywhere (the loan is
+// returned at once); others are read into a scratch buffer.
+func (h *Handle) prefetch(pos, m int64) bool {
+	if l, ok := h.r.(lender); ok {
+		if _, done, ok := l.LendAt(pos, int(m)); ok {
+			done()
+			return true
+		}
+	}
+	buf := h.t.bufPool.Get().(*[]byte)
+	defer h.t.bufPool.Put(buf)
+	_, err := h.r.ReadAt((*buf)[:m], pos)
+	return err == nil || errors.Is(err, io.EOF)
 }
 
 // Close waits for the handle's read-ahead and releases what it owns.

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -82,5 +84,48 @@ func TestSparse(t *testing.T) {
 	}
 	if out, err := exec.Command("cmp", dst, filepath.Join(repo.Dir, testdisks.GPTRaw)).CombinedOutput(); err != nil {
 		t.Errorf("sparse copy differs: %v %s", err, out)
+	}
+}
+
+// TestReadAheadRaised: as root, the mount's kernel read-ahead is raised so
+// sequential reads arrive as 1 MiB requests, not 128 KiB ones.
+func TestReadAheadRaised(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root may set a mount's read_ahead_kb")
+	}
+	repo := fusetest.NewRepo(t)
+	mnt, _, _ := fusetest.MountTree(t, mountGoFuse, mount.DirSource{Root: repo.Root}, mount.Options{})
+	var st syscall.Stat_t
+	if err := syscall.Stat(mnt, &st); err != nil {
+		t.Fatal(err)
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(b)); got != strconv.Itoa(readAheadKB) {
+		t.Errorf("%s = %s, want %d", p, got, readAheadKB)
+	}
+}
+
+// TestLentResult: a lent reply gives its bytes through both of go-fuse's
+// paths and ends its loan once.
+func TestLentResult(t *testing.T) {
+	ended := 0
+	r := &lentResult{bufs: [][]byte{[]byte("ab"), []byte("cde")}, release: func() { ended++ }}
+	if r.Size() != 5 {
+		t.Errorf("Size %d", r.Size())
+	}
+	if b, st := r.Bytes(make([]byte, 0, 8)); !st.Ok() || string(b) != "abcde" {
+		t.Errorf("Bytes %q %v", b, st)
+	}
+	if s, _ := r.Slices(); len(s) != 2 {
+		t.Errorf("Slices %q", s)
+	}
+	r.Done()
+	r.Done()
+	if ended != 1 {
+		t.Errorf("loan ended %d times, want 1", ended)
 	}
 }

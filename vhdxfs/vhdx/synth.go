@@ -72,6 +72,7 @@ type Synth struct {
 	lay      synthLayout
 	id       vdisk.Identity
 	src      io.ReaderAt
+	srcSize  int64          // the source's size (the virtual size before rounding)
 	ext      []vdisk.Extent // normalized allocation, clipped to the original size
 	runs     []synthRun     // allocated blocks in file order (ascending disk order)
 	static   []synthSeg     // non-zero bytes of the header section and metadata region
@@ -314,6 +315,7 @@ func NewSynth(id vdisk.Identity, src io.ReaderAt, alloc []vdisk.Extent, opts Syn
 		lay:      synthNewLayout(vsize, bs, lss, nalloc),
 		id:       eff,
 		src:      src,
+		srcSize:  id.VirtualSize,
 		ext:      ext,
 		runs:     runs,
 		progress: opts.Progress,
@@ -498,6 +500,73 @@ func (s *Synth) ReadAt(p []byte, off int64) (int, error) {
 		off += m
 	}
 	return n, nil
+}
+
+// Lender is an optional interface of a Synth's source: a source that keeps
+// its bytes in memory anyway (the mount's block cache) lends them instead of
+// copying them, and LendAt then lends payload ranges of the file the same
+// way, so a FUSE reply of the .vhdx is written from the source's memory.
+//
+// LendAt returns read-only slices that together hold the n bytes at off,
+// valid until done is called; ok false means the source cannot lend that
+// range and the caller should ReadAt it. Bytes outside the allocation map
+// given to NewSynth must lend as zeros, as a disk reads its holes.
+type Lender interface {
+	LendAt(off int64, n int) (bufs [][]byte, done func(), ok bool)
+}
+
+// synthZeros is lent for payload ranges outside the allocation (never
+// written; an array so that it costs no memory until it is read).
+var synthZeros [MiB]byte
+
+// LendAt implements Lender for payload ranges when the source is a Lender:
+// a sequential reader of the file (dd, qemu-img convert through a mount)
+// spends nearly all its bytes there. The header section, BAT and metadata
+// (the first few MiB) are generated, so ok is false for them.
+func (s *Synth) LendAt(off int64, n int) (bufs [][]byte, done func(), ok bool) {
+	src, isLender := s.src.(Lender)
+	if !isLender || n <= 0 || off < s.lay.payloadOffset || off > s.lay.size-int64(n) {
+		return nil, nil, false
+	}
+	var dones []func()
+	release := func() {
+		for _, d := range dones {
+			d()
+		}
+	}
+	zeros := func(m int64) {
+		for ; m > 0; m -= int64(len(synthZeros)) {
+			bufs = append(bufs, synthZeros[:min(m, int64(len(synthZeros)))])
+		}
+	}
+	for end := off + int64(n); off < end; {
+		disk, left, _ := synthSourceOffset(s.lay, s.runs, off)
+		m := min(end-off, left)
+		off += m
+		// Past the source (the last block's padding) the file is zeros.
+		pad := max(0, min(m, disk+m-s.srcSize))
+		m -= pad
+		i := sort.Search(len(s.ext), func(i int) bool { return s.ext[i].End() > disk })
+		if m > 0 && i < len(s.ext) && s.ext[i].Off < disk+m {
+			b, d, ok := src.LendAt(disk, int(m))
+			if !ok {
+				release()
+				return nil, nil, false
+			}
+			bufs = append(bufs, b...)
+			dones = append(dones, d)
+		} else {
+			zeros(m) // a hole
+		}
+		zeros(pad)
+	}
+	switch len(dones) {
+	case 0:
+		return bufs, func() {}, true
+	case 1:
+		return bufs, dones[0], true
+	}
+	return bufs, release, true
 }
 
 // synthFillStatic writes the bytes of [off, off+len(p)) given the sparse

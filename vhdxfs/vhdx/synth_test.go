@@ -923,3 +923,116 @@ func ext0(b []byte) byte {
 	}
 	return b[0]
 }
+
+// synthMemLender is a source held in memory that lends its bytes (zeros
+// outside the allocation, as Lender asks) and counts loans not yet ended.
+type synthMemLender struct {
+	b       []byte
+	loans   atomic.Int64
+	refuse  int64 // LendAt refuses ranges that start here (-1: none)
+	lentAny atomic.Bool
+}
+
+func (m *synthMemLender) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (m *synthMemLender) LendAt(off int64, n int) ([][]byte, func(), bool) {
+	if off == m.refuse || off < 0 || off+int64(n) > int64(len(m.b)) {
+		return nil, nil, false
+	}
+	m.loans.Add(1)
+	m.lentAny.Store(true)
+	// Two pieces where possible, like a range across two cache blocks.
+	h := n / 2
+	return [][]byte{m.b[off : off+int64(h)], m.b[off+int64(h) : off+int64(n)]}, func() { m.loans.Add(-1) }, true
+}
+
+// TestSynthLendMatchesReadAt: lent ranges of the file carry the bytes
+// ReadAt gives (payload across blocks and holes), the generated regions and
+// ranges past the source are not lent, refusals end the loans already
+// made, and every loan is returned by done.
+func TestSynthLendMatchesReadAt(t *testing.T) {
+	const size = 40*MiB + 12288 // a multiple of the sector size: no padding
+	alloc := []vdisk.Extent{{Off: 0, Len: 3 * MiB}, {Off: 5*MiB + 100, Len: 4096}, {Off: 9 * MiB, Len: 31*MiB + 12288}}
+	src := &synthMemLender{b: synthExpected(synthPattern{size}, alloc, size), refuse: -1}
+	s := synthMustNew(t, vdisk.Identity{VirtualSize: size}, src, alloc, SynthOptions{BlockSize: 2 * MiB})
+	pay := s.lay.payloadOffset
+	if _, _, ok := s.LendAt(0, 4096); ok {
+		t.Error("lent the header section")
+	}
+	if _, _, ok := s.LendAt(pay-10, 20); ok {
+		t.Error("lent a range starting in the metadata region")
+	}
+	if _, _, ok := s.LendAt(s.Size()-10, 20); ok {
+		t.Error("lent past the end")
+	}
+	rnd := rand.New(rand.NewPCG(5, 5))
+	for i := 0; i < 500; i++ {
+		n := 1 + rnd.IntN(3*MiB)
+		off := pay + rnd.Int64N(s.Size()-pay-int64(n)+1)
+		if i%2 == 0 {
+			off -= (off - pay) % MiB // aligned, like FUSE's reads
+		}
+		want := make([]byte, n)
+		if _, err := s.ReadAt(want, off); err != nil && !errors.Is(err, io.EOF) {
+			t.Fatal(err)
+		}
+		bufs, done, ok := s.LendAt(off, n)
+		if !ok {
+			t.Fatalf("lend %d at %d refused", n, off)
+		}
+		var got []byte
+		for _, b := range bufs {
+			got = append(got, b...)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("lend %d at %d: bytes differ from ReadAt", n, off)
+		}
+		done()
+	}
+	if !src.lentAny.Load() {
+		t.Error("the source was never asked to lend")
+	}
+	// A range over two payload blocks whose second one the source refuses:
+	// not lent, and the first block's loan is ended.
+	src.refuse = 10 * MiB
+	var at int64 = -1
+	for _, r := range s.PayloadMap() {
+		if r.DiskOffset <= 9*MiB && 9*MiB < r.DiskOffset+r.Blocks*2*MiB {
+			at = r.FileOffset + 9*MiB - r.DiskOffset
+		}
+	}
+	if _, _, ok := s.LendAt(at, 2*MiB); ok || at < 0 {
+		t.Errorf("lent a range the source refused (at %d)", at)
+	}
+	if n := src.loans.Load(); n != 0 {
+		t.Errorf("%d loans never ended", n)
+	}
+	// An odd-sized source: the padding past it (the rest of the last
+	// block, the rounding to a sector) lends as zeros.
+	odd := &synthMemLender{b: synthExpected(synthPattern{size - 100}, alloc, size-100), refuse: -1}
+	so := synthMustNew(t, vdisk.Identity{VirtualSize: size - 100}, odd, alloc, SynthOptions{BlockSize: 2 * MiB})
+	for _, off := range []int64{so.Size() - 2*MiB, so.Size() - MiB - 5000} {
+		want := make([]byte, min(2*MiB-10, so.Size()-off))
+		so.ReadAt(want, off)
+		bufs, done, ok := so.LendAt(off, len(want))
+		if !ok || !bytes.Equal(bytes.Join(bufs, nil), want) {
+			t.Errorf("lend at %d before the end of an odd-sized source: ok %v, bytes differ", off, ok)
+		} else {
+			done()
+		}
+	}
+	// A source that cannot lend: nothing is lent.
+	plain := synthMustNew(t, vdisk.Identity{VirtualSize: size}, synthPattern{size}, alloc, SynthOptions{})
+	if _, _, ok := plain.LendAt(plain.lay.payloadOffset, 4096); ok {
+		t.Error("lent from a source that is no Lender")
+	}
+}
