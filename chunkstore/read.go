@@ -300,13 +300,11 @@ func (s *Store) loadFrames(ctx context.Context, id ID, l location, lead []int, w
 	var stored []byte // bytes from the blob's offset base
 	var base int64
 	if wholeVerify {
-		bp := s.storedBuf(int(l.Stored))
-		defer s.storedBufs.Put(bp)
-		blob := (*bp)[:l.Stored]
-		if err := s.readPack(ctx, l.Pack, blob, int64(l.Offset)); err != nil {
+		blob, release, err := s.viewPack(ctx, l.Pack, int64(l.Offset), int(l.Stored))
+		defer release()
+		if err != nil {
 			return fmt.Errorf("chunkstore: chunk %s: %w", id, err)
 		}
-		var err error
 		if t, err = parseFrameTable(blob, int64(l.Stored)); err != nil {
 			return fmt.Errorf("chunkstore: chunk %s: %w", id, err)
 		}
@@ -321,8 +319,10 @@ func (s *Store) loadFrames(ctx context.Context, id ID, l location, lead []int, w
 		}
 		a, b := t.frames[lead[0]], t.frames[lead[len(lead)-1]]
 		base = a.off
-		stored = make([]byte, b.off+int64(b.stored)-a.off)
-		if err := s.readPack(ctx, l.Pack, stored, int64(l.Offset)+base); err != nil {
+		var release func()
+		stored, release, err = s.viewPack(ctx, l.Pack, int64(l.Offset)+base, int(b.off+int64(b.stored)-a.off))
+		defer release()
+		if err != nil {
 			return fmt.Errorf("chunkstore: chunk %s: %w", id, err)
 		}
 	}
@@ -340,16 +340,6 @@ func (s *Store) loadFrames(ctx context.Context, id ID, l location, lead []int, w
 		return s.verifyWhole(id, t, parts)
 	}
 	return nil
-}
-
-// storedBuf returns a pooled buffer of at least n bytes for stored blob
-// bytes (read, decoded, dropped: no need to allocate and zero each time).
-func (s *Store) storedBuf(n int) *[]byte {
-	if bp, ok := s.storedBufs.Get().(*[]byte); ok && cap(*bp) >= n {
-		return bp
-	}
-	b := make([]byte, n, max(n, s.cfg.Chunker.Max+s.cfg.Chunker.Max/8))
-	return &b
 }
 
 // testHookLoadFrames lets TestSingleFlight hold a leader so that the

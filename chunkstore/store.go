@@ -144,7 +144,6 @@ type Store struct {
 	// repairFailed holds when a pack's last background repair failed, so
 	// that every read of a damaged pack does not start another full one.
 	repairFailed map[PackID]time.Time
-	storedBufs   sync.Pool // *[]byte, see storedBuf
 
 	// gc (maint_gc.go)
 	gcMu    sync.RWMutex
@@ -411,6 +410,26 @@ func (s *Store) readPack(ctx context.Context, id PackID, p []byte, off int64) er
 		return s.wrapShardErr(id, err)
 	}
 	return nil
+}
+
+// viewPack is readPack without the copy: the bytes in a buffer of the
+// shard reader's pool, valid until release (never nil) is called.
+func (s *Store) viewPack(ctx context.Context, id PackID, off int64, n int) ([]byte, func(), error) {
+	r, err := s.packReader(ctx, id)
+	if err != nil {
+		return nil, func() {}, err
+	}
+	b, release, bad, err := r.View(ctx, off, n)
+	if len(bad) > 0 {
+		s.scheduleRepair(id, bad)
+	}
+	if err != nil {
+		if errors.Is(err, backend.ErrNotFound) || errors.Is(err, shard.ErrUnrecoverable) {
+			s.dropReader(id)
+		}
+		return nil, release, s.wrapShardErr(id, err)
+	}
+	return b, release, nil
 }
 
 // readTrailer reads and parses a pack's trailer through its shard reader.

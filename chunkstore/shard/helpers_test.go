@@ -165,6 +165,21 @@ func checkReads(t testing.TB, r *Reader, pack []byte, rng *rand.Rand, nRandom in
 				allBad = append(allBad, b)
 			}
 		}
+		if wantN < n {
+			return
+		}
+		// View must give the same bytes (in place, or copied when the
+		// range crosses a shard boundary) and find the same damage.
+		v, release, vbad, err := r.View(ctx, off, n)
+		if err != nil || !bytes.Equal(v, pack[off:off+int64(n)]) {
+			t.Fatalf("View(off=%d, len=%d): equal %v, %v", off, n, bytes.Equal(v, pack[off:off+int64(n)]), err)
+		}
+		release()
+		for _, b := range vbad {
+			if !slices.Contains(allBad, b) {
+				allBad = append(allBad, b)
+			}
+		}
 	}
 	check(0, len(pack))
 	h := r.Header()

@@ -376,6 +376,65 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (n int, bad []
 	return int(want), bs.list(), err
 }
 
+// View returns pack bytes [off, off+n) like ReadAt, but as a slice of a
+// pooled buffer when they lie in one data shard (almost always: shards are
+// megabytes, chunks a fraction of that). The shard's blocks are read into
+// that buffer and checked in place, so the caller gets them without the
+// copy out of whole blocks that ReadAt makes for an unaligned range. Call
+// release (never nil) when done with b; b must not be used after it.
+func (r *Reader) View(ctx context.Context, off int64, n int) (b []byte, release func(), bad []int, err error) {
+	noop := func() {}
+	if off < 0 || n < 0 || off+int64(n) > r.h.PackLen {
+		return nil, noop, nil, fmt.Errorf("shard: view [%d, %d) outside a pack of %d bytes", off, off+int64(n), r.h.PackLen)
+	}
+	if n == 0 {
+		return nil, noop, nil, nil
+	}
+	i, so, l := firstSpan(off, int64(n), r.h.ShardLen)
+	if l < int64(n) { // crosses into the next data shard
+		buf := make([]byte, n)
+		_, bad, err := r.ReadAt(ctx, buf, off)
+		return buf, noop, bad, err
+	}
+	bsz := r.h.BlockSize
+	b0, b1 := blockRange(so, int64(n), bsz)
+	nb := b1 - b0 + 1
+	pb := getBuf(nb * bsz)
+	release = func() { putBuf(pb) }
+	buf := *pb
+	var goodArr [32]bool
+	good := goodArr[:0]
+	if nb <= len(goodArr) {
+		good = goodArr[:nb]
+	} else {
+		good = make([]bool, nb)
+	}
+	var bs badSet
+	damage, fatal := r.readBlocks(ctx, i, b0, nb, buf, good, nil)
+	if fatal != nil {
+		release()
+		return nil, noop, nil, fmt.Errorf("shard: read shard %d: %w", i, fatal)
+	}
+	var missing []int
+	for j := range nb {
+		if !good[j] {
+			missing = append(missing, b0+j)
+		}
+	}
+	if len(missing) > 0 {
+		bs.add(i, damage)
+		err := r.reconstruct(ctx, i, missing, &bs, func(b int, blk []byte) {
+			copy(buf[(b-b0)*bsz:(b-b0+1)*bsz], blk)
+		})
+		if err != nil {
+			release()
+			return nil, noop, bs.list(), err
+		}
+	}
+	start := so - int64(b0)*int64(bsz)
+	return buf[start : start+int64(n) : start+int64(n)], release, bs.list(), nil
+}
+
 // readSpan fills dst with data shard i's bytes [so, so+len(dst)).
 func (r *Reader) readSpan(ctx context.Context, i int, so int64, dst []byte, bad *badSet) error {
 	bsz := r.h.BlockSize
