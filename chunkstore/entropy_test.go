@@ -1,0 +1,73 @@
+package chunkstore
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// entropyRef is looksIncompressible's test written out: the Shannon entropy
+// of the strided 4096-byte sample, above 7.85 bits per byte, and no value
+// in more than 1/16 of the sample.
+func entropyRef(b []byte) bool {
+	const samples = 4096
+	if len(b) < samples*2 {
+		return false
+	}
+	stride := len(b) / samples
+	var hist [256]int
+	for i := range samples {
+		hist[b[i*stride]]++
+	}
+	var h float64
+	for _, n := range hist {
+		if n > samples/16 {
+			return false
+		}
+		if n != 0 {
+			p := float64(n) / samples
+			h -= p * math.Log2(p)
+		}
+	}
+	return h > 7.85
+}
+
+// TestLooksIncompressible: random data is recognised, OS data and runs are
+// not, and frames drawn from alphabets of every size around the threshold
+// (where the table-driven sum must agree with the entropy formula) give
+// the reference answer.
+func TestLooksIncompressible(t *testing.T) {
+	if !looksIncompressible(randBytes(3, 64<<10)) {
+		t.Error("random frame not recognised as incompressible")
+	}
+	if looksIncompressible(osLike(t, 64<<10)) {
+		t.Error("OS data taken for incompressible")
+	}
+	if looksIncompressible(make([]byte, 64<<10)) {
+		t.Error("zeros taken for incompressible")
+	}
+	rng := rand.New(rand.NewPCG(11, 12))
+	yes := 0
+	for alphabet := 150; alphabet <= 256; alphabet++ {
+		for skew := range 4 {
+			b := make([]byte, 64<<10)
+			for i := range b {
+				v := rng.IntN(alphabet)
+				if skew > 0 && rng.IntN(8) < skew {
+					v = rng.IntN(alphabet/4 + 1)
+				}
+				b[i] = byte(v)
+			}
+			got, want := looksIncompressible(b), entropyRef(b)
+			if got != want {
+				t.Fatalf("alphabet %d skew %d: got %v, reference %v", alphabet, skew, got, want)
+			}
+			if got {
+				yes++
+			}
+		}
+	}
+	if yes == 0 || yes == 107*4 {
+		t.Fatalf("%d of %d frames incompressible: the cases do not straddle the threshold", yes, 107*4)
+	}
+}
