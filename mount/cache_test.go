@@ -530,3 +530,40 @@ func TestHandleLend(t *testing.T) {
 		t.Error("lent after Close")
 	}
 }
+
+// TestLendFallbackKeepsRandomBypass: a random small read is refused by
+// LendAt and served by ReadAt without filling its block (the FUSE adapter
+// tries LendAt first). LendAt once recorded the read, so ReadAt took it for
+// a sequential one and filled the whole block for every random 4 KiB read.
+func TestLendFallbackKeepsRandomBypass(t *testing.T) {
+	const bs = 1 << 20
+	src := newMemDisk(64*bs, []vdisk.Extent{{Off: 0, Len: 64 * bs}})
+	c := newBlockCache(16*bs, bs)
+	cd := newCachedDisk(src, c, 1)
+	p := make([]byte, 4096)
+	for i, b := range []int64{40, 3, 17, 55, 9, 30} {
+		off := b*bs + int64(i)*8192
+		if _, _, ok := cd.LendAt(off, len(p)); ok {
+			t.Fatalf("read %d: a random 4 KiB read at block %d was lent (its block filled)", i, b)
+		}
+		if _, err := cd.ReadAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(p, src.b[off:off+int64(len(p))]) {
+			t.Fatalf("read %d: wrong bytes", i)
+		}
+		if c.has(cacheKey{1, b}) {
+			t.Fatalf("read %d: random 4 KiB read at block %d filled the block", i, b)
+		}
+	}
+	// A read that stays in its block is sequential: now the block fills
+	// and later reads are lent from it.
+	if _, err := cd.ReadAt(p, 30*bs+5*8192+4096); err != nil {
+		t.Fatal(err)
+	}
+	bufs, done, ok := cd.LendAt(30*bs+64<<10, 4096)
+	if !ok || !bytes.Equal(bufs[0], src.b[30*bs+64<<10:30*bs+64<<10+4096]) {
+		t.Fatalf("sequential read in a filled block not lent (ok %v)", ok)
+	}
+	done()
+}
