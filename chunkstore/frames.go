@@ -265,9 +265,44 @@ type encStats struct {
 	rawFrames, zstdFrames int // zstdFrames counts compressed frames of any method
 }
 
+// blobParts is an encoded blob in pieces, so that the pack gets the bytes
+// in one copy: head (version, flags, frame size, raw length, frame table)
+// and then every frame's stored bytes, each a slice of the encoder's work
+// buffer (compressed or sealed frames) or of the chunk itself (raw frames
+// of an unencrypted repository).
+type blobParts struct {
+	head  []byte
+	parts [][]byte
+	size  int // len(head) + the parts' lengths
+	spans []frameSpan
+}
+
+// frameSpan locates a frame's stored bytes while the work buffer may still
+// move: in work (inWork) or in the chunk data.
+type frameSpan struct {
+	inWork     bool
+	start, end int
+}
+
 // encode appends the blob of chunk data (ID id) to dst and returns it.
 // work is reusable scratch of the caller (one per worker).
 func (c *codec) encode(dst []byte, id ID, data []byte, work *[]byte) ([]byte, encStats) {
+	var bp blobParts
+	st := c.encodeParts(&bp, id, data, work)
+	dst = append(dst, bp.head...)
+	for _, p := range bp.parts {
+		dst = append(dst, p...)
+	}
+	return dst, st
+}
+
+// encodeParts encodes chunk data (ID id) into bp, reusing bp's slices and
+// the caller's work buffer; bp's parts are valid until work or data change.
+//
+// A compressed frame is compressed straight into work and a raw one is not
+// copied at all: the worker's blob used to be assembled twice (frames into
+// work, then table and frames into one blob) before the pack's copy.
+func (c *codec) encodeParts(bp *blobParts, id ID, data []byte, work *[]byte) encStats {
 	var st encStats
 	nf := numFrames(int64(len(data)), c.frameSize)
 	flags := byte(0)
@@ -276,8 +311,13 @@ func (c *codec) encode(dst []byte, id ID, data []byte, work *[]byte) ([]byte, en
 	} else {
 		flags |= flagCRC | flagCRCID
 	}
-	// Frames go to work first because the table in front needs their
-	// stored lengths.
+	// Room for every frame's worst case, so that compressing in place
+	// never reallocates (if a compressor still needs more, it allocates
+	// and the frame is appended: correct, one copy more).
+	need := len(data) + nf*(c.frameSize/6+4096)
+	if cap(*work) < need {
+		*work = make([]byte, 0, need)
+	}
 	body := (*work)[:0]
 	type fr struct {
 		stored int
@@ -286,22 +326,36 @@ func (c *codec) encode(dst []byte, id ID, data []byte, work *[]byte) ([]byte, en
 	}
 	var small [128]fr
 	frs := small[:0]
-	tmp := c.scratch.Get().(*[]byte)
-	defer c.scratch.Put(tmp)
+	spans := bp.spans[:0]
 	var aad [50]byte
+	// A sealed frame is compressed into scratch: Seal writes over the
+	// place in work where it would otherwise be.
+	var tmp *[]byte
+	if c.aead != nil {
+		tmp = c.scratch.Get().(*[]byte)
+		defer c.scratch.Put(tmp)
+	}
 	for i := range nf {
-		raw := data[i*c.frameSize : i*c.frameSize+frameRawLen(int64(len(data)), c.frameSize, i)]
+		off := i * c.frameSize
+		raw := data[off : off+frameRawLen(int64(len(data)), c.frameSize, i)]
 		payload, method := raw, byte(methodRaw)
+		var z []byte
 		if c.comp != nil && !looksIncompressible(raw) {
-			z := c.comp.compress((*tmp)[:0], raw)
+			if tmp != nil {
+				z = c.comp.compress((*tmp)[:0], raw)
+				if cap(z) <= scratchLen {
+					*tmp = z[:0]
+				}
+			} else {
+				z = c.comp.compress(body[len(body):len(body)], raw)
+			}
 			// Keep compression only when it saves more than 1/32: a
 			// marginal gain is not worth decompressing on every read.
 			// (A compressor that failed returns nil: store raw.)
 			if len(z) > 0 && len(z) < len(raw)-len(raw)/32 {
 				payload, method = z, c.comp.method()
-			}
-			if cap(z) <= scratchLen {
-				*tmp = z[:0]
+			} else {
+				z = nil
 			}
 		}
 		if method != methodRaw {
@@ -310,31 +364,50 @@ func (c *codec) encode(dst []byte, id ID, data []byte, work *[]byte) ([]byte, en
 			st.rawFrames++
 		}
 		start := len(body)
-		if c.aead != nil {
+		switch {
+		case c.aead != nil:
 			var nonce [nonceLen]byte
 			mustRand(nonce[:])
 			body = append(body, nonce[:]...)
 			body = c.aead.Seal(body, nonce[:], payload, frameAAD(&aad, id, i, nf, int64(len(data)), method, c.shift))
-		} else {
-			body = append(body, payload...)
+			spans = append(spans, frameSpan{true, start, len(body)})
+		case z != nil:
+			if len(body) < cap(body) && &z[0] == &body[:len(body)+1][len(body)] {
+				body = body[:len(body)+len(z)] // compressed in place
+			} else {
+				body = append(body, z...)
+			}
+			spans = append(spans, frameSpan{true, start, len(body)})
+		default:
+			spans = append(spans, frameSpan{false, off, off + len(raw)})
 		}
-		f := fr{stored: len(body) - start, method: method}
+		f := fr{stored: spans[len(spans)-1].end - spans[len(spans)-1].start, method: method}
 		if c.aead == nil {
 			f.crc = frameCRC(id, i, raw)
 		}
 		frs = append(frs, f)
 	}
 	*work = body
-	dst = append(dst, blobVersion, flags, c.shift)
-	dst = binary.AppendUvarint(dst, uint64(len(data)))
+	head := append(bp.head[:0], blobVersion, flags, c.shift)
+	head = binary.AppendUvarint(head, uint64(len(data)))
 	for _, f := range frs {
-		dst = binary.AppendUvarint(dst, uint64(f.stored))
-		dst = append(dst, f.method)
+		head = binary.AppendUvarint(head, uint64(f.stored))
+		head = append(head, f.method)
 		if c.aead == nil {
-			dst = binary.LittleEndian.AppendUint32(dst, f.crc)
+			head = binary.LittleEndian.AppendUint32(head, f.crc)
 		}
 	}
-	return append(dst, body...), st
+	bp.head, bp.spans, bp.size = head, spans, len(head)
+	bp.parts = bp.parts[:0]
+	for _, sp := range spans {
+		src := data
+		if sp.inWork {
+			src = body
+		}
+		bp.parts = append(bp.parts, src[sp.start:sp.end])
+		bp.size += sp.end - sp.start
+	}
+	return st
 }
 
 // zstdSlack is the spare output capacity that lets the zstd decoder use its

@@ -45,7 +45,7 @@ func seedPacks(t testing.TB) [][]byte {
 		for n := range 3 {
 			p := newPackBuilder(1<<16, a)
 			for i := range n {
-				p.add(ID{byte(i)}, 100, bytes.Repeat([]byte{byte(i)}, 50+i))
+				p.add(ID{byte(i)}, 100, [][]byte{bytes.Repeat([]byte{byte(i)}, 50+i)})
 			}
 			if a {
 				out = append(out, p.seal(aead))

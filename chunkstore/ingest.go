@@ -69,9 +69,10 @@ type chunkJob struct {
 
 // workerState is one worker's reusable scratch.
 type workerState struct {
-	h    *blake3.Hasher
-	work []byte
-	blob []byte
+	h     *blake3.Hasher
+	work  []byte
+	blob  blobParts
+	parts [][]byte // head + frames, for addBlob
 }
 
 func (s *Store) newHasher() *blake3.Hasher {
@@ -128,9 +129,10 @@ func (s *Store) process(j *chunkJob, ws *workerState) {
 		j.err = err
 		return
 	}
-	ws.blob, _ = s.codec.encode(ws.blob[:0], j.id, j.data, &ws.work)
-	j.isNew, j.err = s.addBlob(j.id, len(j.data), ws.blob, false)
-	j.store = len(ws.blob)
+	s.codec.encodeParts(&ws.blob, j.id, j.data, &ws.work)
+	ws.parts = append(append(ws.parts[:0], ws.blob.head), ws.blob.parts...)
+	j.isNew, j.err = s.addBlob(j.id, len(j.data), ws.parts, ws.blob.size, false)
+	j.store = ws.blob.size
 }
 
 // known reports whether a chunk is stored or pending, recording it in the
@@ -202,14 +204,14 @@ func (s *Store) Put(ctx context.Context, id ID, data []byte) (ID, bool, error) {
 	}
 	var work []byte
 	blob, _ := s.codec.encode(nil, got, data, &work)
-	added, err := s.addBlob(got, len(data), blob, false)
+	added, err := s.addBlob(got, len(data), [][]byte{blob}, len(blob), false)
 	return got, added, err
 }
 
 // addBlob appends a new chunk's blob to the open pack unless it is already
 // pending or (unless repack) indexed: another stream stored it meanwhile.
 // It seals the pack when it reaches PackSize.
-func (s *Store) addBlob(id ID, raw int, blob []byte, repack bool) (bool, error) {
+func (s *Store) addBlob(id ID, raw int, blob [][]byte, size int, repack bool) (bool, error) {
 	s.packMu.Lock()
 	if s.writeErr != nil {
 		err := s.writeErr
@@ -227,11 +229,11 @@ func (s *Store) addBlob(id ID, raw int, blob []byte, repack bool) (bool, error) 
 		}
 	}
 	var sealed *packBuilder
-	if s.open != nil && !s.open.fits(len(blob)) {
+	if s.open != nil && !s.open.fits(size) {
 		sealed = s.sealLocked()
 	}
 	if s.open == nil {
-		s.open = newPackBuilder(max(s.packCap(), len(blob)+packHeaderLen), s.keys.aead != nil)
+		s.open = newPackBuilder(max(s.packCap(), size+packHeaderLen), s.keys.aead != nil)
 	}
 	e := s.open.add(id, raw, blob)
 	s.pending[id] = &pendingChunk{pack: s.open, e: e}

@@ -147,7 +147,7 @@ func (s *Store) GC(ctx context.Context, live func(ID) bool, opts GCOptions) (GCR
 			if _, err := parseFrameTable(blob, int64(l.Stored)); err != nil {
 				return rep, fmt.Errorf("chunkstore: gc: repack chunk %s: %w", c, err)
 			}
-			if _, err := s.addBlob(c, int(l.Raw), blob, true); err != nil {
+			if _, err := s.addBlob(c, int(l.Raw), [][]byte{blob}, len(blob), true); err != nil {
 				return rep, err
 			}
 			rep.MovedChunks++

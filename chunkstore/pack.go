@@ -101,9 +101,13 @@ func (p *packBuilder) release() {
 // reallocating.
 func (p *packBuilder) fits(n int) bool { return len(p.buf)+n <= cap(p.buf) }
 
-func (p *packBuilder) add(id ID, raw int, blob []byte) packEntry {
-	e := packEntry{ID: id, Offset: uint64(len(p.buf)), Stored: uint32(len(blob)), Raw: uint32(raw)}
-	p.buf = append(p.buf, blob...)
+// add appends a blob given in parts (blobParts: head, then frames).
+func (p *packBuilder) add(id ID, raw int, parts [][]byte) packEntry {
+	e := packEntry{ID: id, Offset: uint64(len(p.buf)), Raw: uint32(raw)}
+	for _, b := range parts {
+		p.buf = append(p.buf, b...)
+	}
+	e.Stored = uint32(uint64(len(p.buf)) - e.Offset)
 	p.entries = append(p.entries, e)
 	return e
 }
