@@ -400,31 +400,14 @@ func synthStatic(l synthLayout, id vdisk.Identity, fileWrite vdisk.GUID, creator
 		flagVirtualDisk = 0x2
 		flagRequired    = 0x4
 	)
-	mt := make([]byte, 32+5*32)
-	copy(mt, SigMetadata)
-	le.PutUint16(mt[10:], 5)
 	items := make([]byte, 0x28)
-	type item struct {
-		g      vdisk.GUID
-		off    int
-		length int
-		flags  uint32
-	}
-	list := []item{
+	mt := metadataTable([]metaItem{
 		{MetaFileParameters, 0x00, 8, flagRequired},
 		{MetaVirtualSize, 0x08, 8, flagVirtualDisk | flagRequired},
 		{MetaDiskID, 0x10, 16, flagVirtualDisk | flagRequired},
 		{MetaLogicalSector, 0x20, 4, flagVirtualDisk | flagRequired},
 		{MetaPhysicalSector, 0x24, 4, flagVirtualDisk | flagRequired},
-	}
-	for i, it := range list {
-		e := mt[32+32*i:]
-		m := it.g.Mixed()
-		copy(e, m[:])
-		le.PutUint32(e[16:], uint32(synthMetaItemsOffset+it.off))
-		le.PutUint32(e[20:], uint32(it.length))
-		le.PutUint32(e[24:], it.flags)
-	}
+	})
 	le.PutUint32(items[0x00:], uint32(l.blockSize))
 	le.PutUint32(items[0x04:], 0) // not fixed, no parent
 	le.PutUint64(items[0x08:], uint64(id.VirtualSize))
@@ -700,4 +683,30 @@ func synthReadSource(src io.ReaderAt, p []byte, off int64) error {
 		// tolerate it by reading the rest.
 	}
 	return nil
+}
+
+// metaItem is one entry of a metadata table: the item's GUID, its offset
+// in the items area (from synthMetaItemsOffset), length and flags.
+type metaItem struct {
+	g      vdisk.GUID
+	off    int
+	length int
+	flags  uint32
+}
+
+// metadataTable builds the metadata table (header and entries) of list.
+func metadataTable(list []metaItem) []byte {
+	le := binary.LittleEndian
+	mt := make([]byte, 32+32*len(list))
+	copy(mt, SigMetadata)
+	le.PutUint16(mt[10:], uint16(len(list)))
+	for i, it := range list {
+		e := mt[32+32*i:]
+		m := it.g.Mixed()
+		copy(e, m[:])
+		le.PutUint32(e[16:], uint32(synthMetaItemsOffset+it.off))
+		le.PutUint32(e[20:], uint32(it.length))
+		le.PutUint32(e[24:], it.flags)
+	}
+	return mt
 }

@@ -145,12 +145,7 @@ func diffMetadata(l synthLayout, id vdisk.Identity, parent DiffParent) []synthSe
 	le.PutUint32(items[0x20:], id.LogicalSectorSize)
 	le.PutUint32(items[0x24:], id.PhysicalSectorSize)
 	copy(items[0x28:], loc)
-	list := []struct {
-		g      vdisk.GUID
-		off    int
-		length int
-		flags  uint32
-	}{
+	mt := metadataTable([]metaItem{
 		{MetaFileParameters, 0x00, 8, flagRequired},
 		{MetaVirtualSize, 0x08, 8, flagVirtualDisk | flagRequired},
 		{MetaDiskID, 0x10, 16, flagVirtualDisk | flagRequired},
@@ -159,18 +154,7 @@ func diffMetadata(l synthLayout, id vdisk.Identity, parent DiffParent) []synthSe
 		// Not IsVirtualDisk: the locator belongs to this file, not to
 		// the virtual disk the chain presents (as Hyper-V marks it).
 		{MetaParentLocator, 0x28, len(loc), flagRequired},
-	}
-	mt := make([]byte, 32+32*len(list))
-	copy(mt, SigMetadata)
-	le.PutUint16(mt[10:], uint16(len(list)))
-	for i, it := range list {
-		e := mt[32+32*i:]
-		m := it.g.Mixed()
-		copy(e, m[:])
-		le.PutUint32(e[16:], uint32(synthMetaItemsOffset+it.off))
-		le.PutUint32(e[20:], uint32(it.length))
-		le.PutUint32(e[24:], it.flags)
-	}
+	})
 	return []synthSeg{
 		{l.metaOffset, mt},
 		{l.metaOffset + synthMetaItemsOffset, items},
