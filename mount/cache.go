@@ -218,6 +218,22 @@ func (c *blockCache) get(k cacheKey, n int64, fill func(p []byte) error) (*block
 	return b, err
 }
 
+// peek returns the block for k with a reference the caller must release
+// if it is cached, and nil (without filling it) otherwise.
+func (c *blockCache) peek(k cacheKey) *block {
+	s := c.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.m[k]
+	if !ok {
+		return nil
+	}
+	s.ll.MoveToFront(e)
+	b := e.Value.(*cacheItem).b
+	b.acquire()
+	return b
+}
+
 // has reports whether k is cached or being filled.
 func (c *blockCache) has(k cacheKey) bool {
 	s := c.shard(k)
@@ -347,28 +363,81 @@ func (d *cachedDisk) readAt(p []byte, off int64, ahead bool) (int, error) {
 	return n, eof
 }
 
-// volumeDisk is the disk as the guest filesystems see it: their small
-// reads (metadata, small files) go through the block cache without
-// read-ahead; their big ones
-// are a guest file's block being filled by the tree's file-level cache,
-// which keeps the result itself, so a second copy in the disk's blocks
-// would only cost an allocation and a copy per byte and evict other data.
-type volumeDisk struct{ *cachedDisk }
+// volumeDisk is the disk as the guest filesystems see it. Their reads
+// come in two kinds:
+//   - big ones (>= bigRead) are a guest file's block being filled by the
+//     tree's file-level cache, which keeps the result itself, so a second
+//     copy in the disk's blocks would only cost an allocation and a copy
+//     per byte and evict other data: they are read directly;
+//   - small ones are metadata (go-ntfs's 64 KiB pages, ext4 and FAT
+//     blocks) and the data of small files. A small read that continues the
+//     previous one exactly (a scan of the MFT, an inode table, a file
+//     whose runs follow each other) goes through the block cache, which
+//     then holds what the scan reads next; one that jumps is served from a
+//     cached block when there is one and is otherwise read directly. A
+//     folder of small files is read in name order while NTFS laid it out
+//     in creation order: filling a 1 MiB block for every jump decoded 3.5x
+//     the bytes a `cp -a` of 15,000 files asked for, the blocks being
+//     evicted before their neighbours were read. Direct reads decode only
+//     the store's 64 KiB frames they touch, and the store's frame cache
+//     keeps partly read ones for the neighbours.
+//
+// There is no disk read-ahead for volumes: the guest filesystem's small
+// reads hop around the volume, and 8 MiB fetched after each "sequential"
+// pair was mostly thrown away (a folder of 16,700 small files took 2.3x the
+// CPU with it). Big files are read ahead at the file level.
+type volumeDisk struct {
+	*cachedDisk
+	next *atomic.Int64 // end of the previous small read
+}
+
+func newVolumeDisk(d *cachedDisk) volumeDisk {
+	v := volumeDisk{cachedDisk: d, next: new(atomic.Int64)}
+	v.next.Store(-1)
+	return v
+}
 
 // bigRead is the smallest volume read that bypasses the block cache.
 const bigRead = 512 << 10
 
 func (v volumeDisk) ReadAt(p []byte, off int64) (int, error) {
-	if len(p) < bigRead || off < 0 || off+int64(len(p)) > v.size {
-		// No disk read-ahead: the guest filesystem's small reads (its
-		// metadata, small files) hop around the volume, and 8 MiB fetched
-		// after each "sequential" pair was mostly thrown away: copying a
-		// folder of 16,700 small files took 2.3x the CPU with it. Big files
-		// are read ahead at the file level.
+	if off < 0 || off+int64(len(p)) > v.size {
 		return v.cachedDisk.readAt(p, off, false)
 	}
-	if err := readFull(v.src, p, off); err != nil {
-		return 0, err
+	if len(p) >= bigRead {
+		if err := readFull(v.src, p, off); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	if v.next.Swap(off+int64(len(p))) == off {
+		return v.cachedDisk.readAt(p, off, false)
+	}
+	return v.readJump(p, off)
+}
+
+// readJump reads p at off (inside the disk) from cached blocks where there
+// are some and directly from the source elsewhere, filling no block. It
+// records the last block it touched, so that a read continuing this one is
+// seen as sequential by readAt and fills its block.
+func (d *cachedDisk) readJump(p []byte, off int64) (int, error) {
+	bs := d.c.blockSize
+	for n := 0; n < len(p); {
+		pos := off + int64(n)
+		b := pos / bs
+		bOff := b * bs
+		m := min(int64(len(p)-n), min(bOff+bs, d.size)-pos)
+		dst := p[n : n+int(m)]
+		if !d.allocated(pos, pos+m) {
+			clear(dst)
+		} else if blk := d.c.peek(cacheKey{d.id, b}); blk != nil {
+			copy(dst, blk.data[pos-bOff:])
+			blk.release()
+		} else if err := readFull(d.src, dst, pos); err != nil {
+			return n, err
+		}
+		d.lastBlock.Store(b)
+		n += int(m)
 	}
 	return len(p), nil
 }

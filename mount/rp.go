@@ -140,7 +140,7 @@ func (r *rpState) volumes(ctx context.Context) ([]*volState, error) {
 			}
 			continue // logged by disk
 		}
-		vs, warns, err := vhdxfs.Volumes(volumeDisk{d.cd})
+		vs, warns, err := vhdxfs.Volumes(newVolumeDisk(d.cd))
 		for _, w := range warns {
 			r.t.logf("mount: %s: disk %s: %s", r.path, di.Name, w)
 		}

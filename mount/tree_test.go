@@ -341,3 +341,46 @@ func TestEngineSource(t *testing.T) {
 		t.Errorf("vm.json carries extent maps or chunk lists")
 	}
 }
+
+// TestLatestInoFollowsTarget: latest is a new inode when it moves (the FUSE
+// adapter lets the kernel cache link targets, so a moved link must not be
+// the inode whose target the kernel already holds), and listing, lookup
+// and stat agree on its number.
+func TestLatestInoFollowsTarget(t *testing.T) {
+	repo := fusetest.NewRepo(t)
+	tr := newTree(t, mount.DirSource{Root: repo.Root}, mount.Options{Refresh: time.Millisecond})
+	ctx := context.Background()
+	ino := func() uint64 {
+		t.Helper()
+		fi, err := tr.Stat("web01/latest")
+		if err != nil {
+			t.Fatal(err)
+		}
+		kids, err := tr.Root().Lookup(ctx, "web01")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, err := kids.ReadDir(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range ns {
+			if n.Name() == "latest" && n.Ino() != fi.Ino {
+				t.Errorf("latest: inode %d listed, %d by stat", n.Ino(), fi.Ino)
+			}
+		}
+		return fi.Ino
+	}
+	before := ino()
+	if again := ino(); again != before {
+		t.Errorf("latest changed inode without moving: %d, %d", before, again)
+	}
+	repo.AddRP(t, fusetest.VM1RP2)
+	time.Sleep(5 * time.Millisecond)
+	if target, err := tr.Readlink("web01/latest"); err != nil || target != fusetest.VM1RP2 {
+		t.Fatalf("latest -> %q, %v; want %s", target, err, fusetest.VM1RP2)
+	}
+	if after := ino(); after == before {
+		t.Errorf("latest moved to %s but kept inode %d", fusetest.VM1RP2, after)
+	}
+}

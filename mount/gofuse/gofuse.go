@@ -66,7 +66,11 @@ func Mount(t *mount.Tree, dir string, o Options) (*Server, error) {
 			DirectMount:  true, // mount(2) as root, fusermount3 otherwise
 			MaxWrite:     1 << 20,
 			MaxReadAhead: 1 << 20,
-			Debug:        o.Debug,
+			// The kernel keeps symlink targets: guest links never change,
+			// and latest is a new inode when it moves (mount.Node.Ino).
+			// Without it every path through latest cost a READLINK.
+			EnableSymlinkCaching: true,
+			Debug:                o.Debug,
 		},
 		EntryTimeout:   &long,
 		AttrTimeout:    &long,
@@ -183,6 +187,9 @@ var (
 	_ = (gofs.NodeReadlinker)((*node)(nil))
 	_ = (gofs.NodeStatfser)((*node)(nil))
 	_ = (gofs.NodeLseeker)((*node)(nil))
+	_ = (gofs.NodeFlusher)((*node)(nil))
+	_ = (gofs.NodeGetxattrer)((*node)(nil))
+	_ = (gofs.NodeListxattrer)((*node)(nil))
 )
 
 func timeout(n *mount.Node) time.Duration {
@@ -371,6 +378,22 @@ const (
 	seekData = 3
 	seekHole = 4
 )
+
+// Flush, Getxattr and Listxattr answer ENOSYS, which the kernel remembers
+// for the whole mount: it stops sending them (close(2) then needs no
+// FLUSH round trip; listxattr and getxattr fail with EOPNOTSUPP at once,
+// which cp -a, rsync -X and tar --xattrs take as "no xattrs here"). go-fuse's
+// defaults (success, an empty list, ENOATTR) cost a round trip each time,
+// up to three per file of a folder copy.
+func (x *node) Flush(ctx context.Context, f gofs.FileHandle) syscall.Errno { return syscall.ENOSYS }
+
+func (x *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return 0, syscall.ENOSYS
+}
+
+func (x *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return 0, syscall.ENOSYS
+}
 
 func (x *node) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno {
 	if fh, ok := f.(*handle); ok {

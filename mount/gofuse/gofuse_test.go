@@ -129,3 +129,32 @@ func TestLentResult(t *testing.T) {
 		t.Errorf("loan ended %d times, want 1", ended)
 	}
 }
+
+// TestNoXattrOrFlushRoundTrips: the mount answers FLUSH, GETXATTR and
+// LISTXATTR with ENOSYS, which the kernel remembers: listxattr and getxattr
+// then fail with EOPNOTSUPP ("no xattrs here", what cp -a and rsync -X
+// expect of such a filesystem) and close needs no round trip. go-fuse's
+// defaults cost three requests per file of a folder copy.
+func TestNoXattrOrFlushRoundTrips(t *testing.T) {
+	repo := fusetest.NewRepo(t)
+	mnt, _, _ := fusetest.MountTree(t, mountGoFuse, mount.DirSource{Root: repo.Root}, mount.Options{})
+	p := filepath.Join(mnt, fusetest.VM1, fusetest.VM1RP1, "vm.json")
+	for i := range 2 { // the second time the kernel answers by itself
+		if _, err := unix.Listxattr(p, make([]byte, 256)); err != unix.ENOTSUP {
+			t.Errorf("listxattr #%d: %v, want %v", i+1, err, unix.ENOTSUP)
+		}
+		if _, err := unix.Getxattr(p, "user.x", make([]byte, 256)); err != unix.ENOTSUP {
+			t.Errorf("getxattr #%d: %v, want %v", i+1, err, unix.ENOTSUP)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Read(make([]byte, 16)); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Errorf("close #%d: %v", i+1, err)
+		}
+	}
+}
