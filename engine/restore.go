@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/vmvault/vmvault/internal/writeback"
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
 	"github.com/vmvault/vmvault/vhdxfs/vhdx"
 )
@@ -402,7 +403,7 @@ func writeRawFile(ctx context.Context, path string, d *DiskReader, progress func
 					fail(err)
 					return
 				}
-				startWriteback(f, w.Off, w.Len)
+				writeback.Start(f, w.Off, w.Len)
 				if err := progress(ctx, w.Len); err != nil {
 					fail(err)
 					return
