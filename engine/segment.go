@@ -116,12 +116,17 @@ func (w *segWorker) process(ctx context.Context, d io.ReaderAt, segOff int64, al
 	w.runs = w.runs[:0]
 	clk := w.clock
 	t := time.Now()
+	// Read in readPiece pieces and scan each for zeros right away, while it
+	// is still in the CPU cache. Each piece is read where the compacted
+	// stream of non-zero runs has got to (n), and a non-zero block that
+	// follows a zero one in the same piece moves down over it: the stream
+	// is built as it is read, instead of being compacted afterwards (that
+	// copy cost ~0.1 s per GB backed up).
+	var n int64
 	for _, a := range alloc {
-		// Read in readPiece pieces and scan each for zeros right away,
-		// while it is still in the CPU cache.
 		for pOff := a.Off; pOff < a.End(); {
 			pEnd := min((pOff/readPiece+1)*readPiece, a.End())
-			b := buf[pOff-segOff : pEnd-segOff]
+			b := buf[n : n+pEnd-pOff]
 			if w.limit != nil {
 				if err := w.limit(ctx, len(b)); err != nil {
 					return res, err
@@ -137,17 +142,24 @@ func (w *segWorker) process(ctx context.Context, d io.ReaderAt, segOff int64, al
 			t = since(&clk.read, t)
 			// Zero detection per 64 KiB-aligned virtual block (pieces
 			// end on block boundaries, so no block is split by them).
+			at := n // where the next non-zero block goes
 			for off := pOff; off < pEnd; {
 				end := min((off/zeroBlock+1)*zeroBlock, pEnd)
-				if !isZero(buf[off-segOff : end-segOff]) {
-					if n := len(w.runs); n > 0 && w.runs[n-1].off+w.runs[n-1].len == off {
-						w.runs[n-1].len += end - off
+				blk := b[off-pOff : end-pOff]
+				if !isZero(blk) {
+					if src := n + off - pOff; src != at {
+						copy(buf[at:], blk) // down over a zero block (copy allows overlap)
+					}
+					at += end - off
+					if k := len(w.runs); k > 0 && w.runs[k-1].off+w.runs[k-1].len == off {
+						w.runs[k-1].len += end - off
 					} else {
 						w.runs = append(w.runs, run{off, end - off})
 					}
 				}
 				off = end
 			}
+			n = at
 			t = since(&clk.zero, t)
 			pOff = pEnd
 		}
@@ -157,20 +169,7 @@ func (w *segWorker) process(ctx context.Context, d io.ReaderAt, segOff int64, al
 		res.empty = true
 		return res, nil
 	}
-	for _, r := range w.runs {
-		res.data += r.len
-	}
-
-	// Compact the non-zero runs to the front of the buffer (moving forward
-	// only, so copy is safe in place) and ingest them as one stream.
-	var n int64
-	for _, r := range w.runs {
-		if src := r.off - segOff; src != n { // a fully non-zero segment moves nothing
-			copy(buf[n:], buf[src:src+r.len])
-		}
-		n += r.len
-	}
-	since(&clk.zero, t)
+	res.data = n
 	var prevExt []Extent
 	if prev != nil {
 		prevExt = prev.Extents
