@@ -142,7 +142,7 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 			// time: split each read over the workers so decoding uses
 			// every core.
 			src := &parallelReader{r: &countingReader{ctx: ctx, r: dr, add: progress}, workers: restoreWorkers(), piece: restorePiece}
-			return vhdx.WriteFile(ctx, tmp, id, src, dr.Allocated(), vhdx.SynthOptions{})
+			return vhdx.WriteFile(ctx, tmp, id, src, dr.Allocated(), vhdx.SynthOptions{Written: writeback.Start})
 		}
 	}
 	var items []restoreItem

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"math"
+	"os"
 	"sort"
 	"unicode/utf16"
 
@@ -54,6 +55,10 @@ type SynthOptions struct {
 	// ranges included, so it ends at Size()). It runs on the writer's
 	// goroutine and should return quickly.
 	Progress func(written int64)
+	// Written, when set, is called by WriteFile after each range it wrote to
+	// f (the engine starts the range's writeback there, so the final fsync
+	// finds little left). It runs on the writer's goroutine.
+	Written func(f *os.File, off, n int64)
 }
 
 // SynthRun describes consecutive payload blocks: Blocks blocks of the
@@ -77,6 +82,7 @@ type Synth struct {
 	runs     []synthRun     // allocated blocks in file order (ascending disk order)
 	static   []synthSeg     // non-zero bytes of the header section and metadata region
 	progress func(int64)
+	written  func(f *os.File, off, n int64)
 }
 
 // synthRun is a run of allocated virtual blocks [vblock, vblock+count)
@@ -319,6 +325,7 @@ func NewSynth(id vdisk.Identity, src io.ReaderAt, alloc []vdisk.Extent, opts Syn
 		ext:      ext,
 		runs:     runs,
 		progress: opts.Progress,
+		written:  opts.Written,
 	}
 	s.static = synthStatic(s.lay, eff, fileWrite, cu)
 	return s, nil

@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"sync"
 
-	"github.com/vmvault/vmvault/internal/writeback"
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
 )
 
@@ -83,7 +82,9 @@ func (s *Synth) WriteFile(ctx context.Context, path string) error {
 			if _, err := f.WriteAt(b[j:k], off+int64(j)); err != nil {
 				return err
 			}
-			writeback.Start(f, off+int64(j), int64(k-j))
+			if s.written != nil {
+				s.written(f, off+int64(j), int64(k-j))
+			}
 			i = k
 		}
 		return nil
