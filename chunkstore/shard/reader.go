@@ -402,34 +402,13 @@ func (r *Reader) View(ctx context.Context, off int64, n int) (b []byte, release 
 	pb := getBuf(nb * bsz)
 	release = func() { putBuf(pb) }
 	buf := *pb
-	var goodArr [32]bool
-	good := goodArr[:0]
-	if nb <= len(goodArr) {
-		good = goodArr[:nb]
-	} else {
-		good = make([]bool, nb)
-	}
 	var bs badSet
-	damage, fatal := r.readBlocks(ctx, i, b0, nb, buf, good, nil)
-	if fatal != nil {
+	err = r.readRepaired(ctx, i, b0, nb, buf, &bs, nil, func(b int, blk []byte) {
+		copy(buf[(b-b0)*bsz:(b-b0+1)*bsz], blk)
+	})
+	if err != nil {
 		release()
-		return nil, noop, nil, fmt.Errorf("shard: read shard %d: %w", i, fatal)
-	}
-	var missing []int
-	for j := range nb {
-		if !good[j] {
-			missing = append(missing, b0+j)
-		}
-	}
-	if len(missing) > 0 {
-		bs.add(i, damage)
-		err := r.reconstruct(ctx, i, missing, &bs, func(b int, blk []byte) {
-			copy(buf[(b-b0)*bsz:(b-b0+1)*bsz], blk)
-		})
-		if err != nil {
-			release()
-			return nil, noop, bs.list(), err
-		}
+		return nil, noop, bs.list(), err
 	}
 	start := so - int64(b0)*int64(bsz)
 	return buf[start : start+int64(n) : start+int64(n)], release, bs.list(), nil
@@ -440,28 +419,35 @@ func (r *Reader) readSpan(ctx context.Context, i int, so int64, dst []byte, bad 
 	bsz := r.h.BlockSize
 	b0, b1 := blockRange(so, int64(len(dst)), bsz)
 	nb := b1 - b0 + 1
-	var goodArr [32]bool // no allocation for reads up to 32 blocks
-	var good []bool
-	if nb <= len(goodArr) {
-		good = goodArr[:nb]
-	} else {
-		good = make([]bool, nb)
-	}
-
 	// Aligned ranges are read straight into dst; others through a pooled
 	// buffer of whole blocks.
 	aligned := so%int64(bsz) == 0 && len(dst)%bsz == 0
 	var buf []byte
+	var each func(j int, blk []byte)
 	if aligned {
 		buf = dst
 	} else {
 		pb := getBuf(nb * bsz)
 		defer putBuf(pb)
 		buf = *pb
-	}
-	var each func(j int, blk []byte)
-	if !aligned {
 		each = func(j int, blk []byte) { copyBlock(dst, so, b0+j, bsz, blk) }
+	}
+	return r.readRepaired(ctx, i, b0, nb, buf, bad, each, func(b int, blk []byte) {
+		copyBlock(dst, so, b, bsz, blk)
+	})
+}
+
+// readRepaired reads nb blocks of data shard i from block b0 into buf
+// (readBlocks, with each) and rebuilds the missing or corrupt ones from the
+// other shards, handing each rebuilt block to out; bad collects the shards
+// found bad.
+func (r *Reader) readRepaired(ctx context.Context, i, b0, nb int, buf []byte, bad *badSet, each, out func(int, []byte)) error {
+	var goodArr [32]bool // no allocation for reads up to 32 blocks
+	var good []bool
+	if nb <= len(goodArr) {
+		good = goodArr[:nb]
+	} else {
+		good = make([]bool, nb)
 	}
 	damage, fatal := r.readBlocks(ctx, i, b0, nb, buf, good, each)
 	if fatal != nil {
@@ -477,9 +463,7 @@ func (r *Reader) readSpan(ctx context.Context, i int, so int64, dst []byte, bad 
 		return nil
 	}
 	bad.add(i, damage)
-	return r.reconstruct(ctx, i, missing, bad, func(b int, blk []byte) {
-		copyBlock(dst, so, b, bsz, blk)
-	})
+	return r.reconstruct(ctx, i, missing, bad, out)
 }
 
 // copyBlock copies the part of shard block b (data blk) that overlaps shard
