@@ -23,9 +23,12 @@
 # WORKDIR), RESTIC (default restic), VMVAULT_ENCRYPT=1 to compare with an
 # encrypted vmvault repository, VMVAULT_INIT (extra `vmvault init` flags,
 # e.g. "--compression zstd"). Page cache: each image is read once (cat)
-# before each backup, so both tools start from the same warm cache; nothing
-# is dropped (the machine is shared). TABLE_ONLY=1 prints the table of the
-# runs already in WORKDIR/logs.
+# before each backup, so both tools start from the same warm cache. Before
+# each restore the page cache is dropped (as root; COLD_RESTORE=0 keeps it),
+# so both tools restore from a repository on disk, as an administrator's
+# restore does hours after the backup: vmvault writes its shards with
+# O_DIRECT, past the cache, while restic's packs would still be cached.
+# TABLE_ONLY=1 prints the table of the runs already in WORKDIR/logs.
 set -euo pipefail
 
 if [ $# -lt 3 ]; then
@@ -70,11 +73,18 @@ timed() {
 	echo "$name $wall $(awk -v u="$usr" -v s="$sys" 'BEGIN { print u + s }') $rss" >>"$LOG/times"
 }
 warm() { cat "$@" >/dev/null; }
+COLD=${COLD_RESTORE:-1}
+if [ "$COLD" = 1 ] && ! [ -w /proc/sys/vm/drop_caches ]; then
+	echo "peers.sh: cannot drop the page cache (not root): restores start warm" >&2
+	COLD=0
+fi
+# cold: drop the page cache before a restore (see the header).
+cold() { if [ "$COLD" = 1 ]; then sync && echo 3 >/proc/sys/vm/drop_caches; fi; }
 
 if [ "${TABLE_ONLY:-0}" != 1 ]; then
 	: >"$LOG/times"
 	echo "# $(date -u +%FT%TZ) $(uptime | sed 's/.*load/load/'); $(nproc) CPUs; $($RESTIC version | head -1)"
-	echo "# vmvault $("$VMVAULT" --version 2>/dev/null | tail -1); images $IMG1 $IMG2"
+	echo "# vmvault $("$VMVAULT" --version 2>/dev/null | tail -1); images $IMG1 $IMG2; restores from $([ "$COLD" = 1 ] && echo "a dropped" || echo "a warm") page cache"
 	for run in $(seq 1 "$RUNS"); do
 		rr=$WORK/restic-repo vr=$WORK/vmvault-repo
 		rm -rf "$rr" "$vr" "$WORK/restore"
@@ -92,10 +102,13 @@ if [ "${TABLE_ONLY:-0}" != 1 ]; then
 		timed vmvault-incr "$run" "$VMVAULT" backup --json --repo "$vr" --vm ref "$IMG2"
 
 		mkdir -p "$WORK/restore"
+		cold
 		timed restic-restore "$run" "$RESTIC" -r "$rr" restore latest -q --target "$WORK/restore/restic"
 		rm -rf "$WORK/restore/restic"
+		cold
 		timed vmvault-restore-raw "$run" "$VMVAULT" restore -q --repo "$vr" --vm ref --to "$WORK/restore/raw" --format raw
 		rm -rf "$WORK/restore/raw"
+		cold
 		timed vmvault-restore-vhdx "$run" "$VMVAULT" restore -q --repo "$vr" --vm ref --to "$WORK/restore/vhdx" --format vhdx
 		rm -rf "$WORK/restore/vhdx"
 		echo "# run $run done $(date -u +%T) $(uptime | sed 's/.*load/load/')"

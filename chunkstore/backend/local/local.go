@@ -64,6 +64,12 @@ type Options struct {
 	// TempMaxAge is the age above which Open removes leftover temp files
 	// (default 1h). Negative disables the cleanup at Open.
 	TempMaxAge time.Duration
+
+	// BufferedWrites writes large objects through the page cache. By
+	// default, on Linux, objects of 256 KiB and more are written with
+	// O_DIRECT (see direct_linux.go): written shards then neither cost the
+	// CPU of page-cache writeback nor evict data the server reads.
+	BufferedWrites bool
 }
 
 const (
@@ -82,6 +88,10 @@ type Backend struct {
 	// durable holds directories (absolute paths) whose entry in their parent,
 	// and all ancestors' entries up to root, are known to be fsynced.
 	durable sync.Map
+	// noDirect: large objects are written through the page cache, because
+	// Options.BufferedWrites asked for it or the filesystem refused O_DIRECT
+	// (see direct_linux.go).
+	noDirect atomic.Bool
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -132,6 +142,7 @@ func Open(dir string, opts *Options) (*Backend, error) {
 		return nil, fmt.Errorf("local: open %s: not a directory", dir)
 	}
 	b := &Backend{root: root, handles: newHandleCache(max(o.MaxOpenFiles, 0))}
+	b.noDirect.Store(o.BufferedWrites)
 	b.durable.Store(root, true)
 	if o.TempMaxAge > 0 {
 		if _, err := b.Clean(context.Background(), o.TempMaxAge); err != nil {
@@ -197,7 +208,7 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, size int64)
 			os.Remove(tmp)
 		}
 	}()
-	if err = copyExact(ctx, f, r, size); err != nil {
+	if err = b.writeContents(ctx, f, r, size); err != nil {
 		return err
 	}
 	if err = f.Sync(); err != nil {

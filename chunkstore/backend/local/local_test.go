@@ -39,6 +39,7 @@ func TestConformance(t *testing.T) {
 		// A cache of two handles evicts constantly under the concurrent
 		// test, exercising the refcounted close.
 		{"cache2", &Options{MaxOpenFiles: 2}},
+		{"buffered", &Options{BufferedWrites: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			backendtest.Run(t, func(t *testing.T) backend.Backend {
