@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 
 	"github.com/vmvault/vmvault/chunkstore"
 	"github.com/vmvault/vmvault/vhdxfs/vdisk"
@@ -147,6 +148,7 @@ type DiskReader struct {
 	ext   []Extent
 	id    vdisk.Identity
 	alloc []vdisk.Extent
+	ra    atomic.Pointer[readAhead] // set while a restore reads ahead (readahead.go)
 }
 
 var _ vdisk.Disk = (*DiskReader)(nil)
@@ -196,6 +198,9 @@ func (d *DiskReader) ReadAt(p []byte, off int64) (int, error) {
 		p, eof = p[:rem], io.EOF
 	}
 	n := len(p)
+	if ra := d.ra.Load(); ra != nil {
+		ra.note(off, int64(n))
+	}
 	ext := d.ext
 	i := sort.Search(len(ext), func(i int) bool { return ext[i].End() > off })
 	for len(p) > 0 {

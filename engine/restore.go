@@ -141,6 +141,7 @@ func (r *Repo) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResul
 			// The synthesizer reads the source in order, 8 MiB at a
 			// time: split each read over the workers so decoding uses
 			// every core.
+			defer dr.startReadAhead(ctx, restoreReadAhead)()
 			src := &parallelReader{r: &countingReader{ctx: ctx, r: dr, add: progress}, workers: restoreWorkers(), piece: restorePiece}
 			return vhdx.WriteFile(ctx, tmp, id, src, dr.Allocated(), vhdx.SynthOptions{Written: writeback.Start})
 		}
@@ -358,6 +359,7 @@ func writeRawFile(ctx context.Context, path string, d *DiskReader, progress func
 	if err != nil {
 		return err
 	}
+	defer d.startReadAhead(ctx, restoreReadAhead)()
 	defer func() {
 		if cerr := f.Close(); err == nil {
 			err = cerr

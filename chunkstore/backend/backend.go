@@ -75,6 +75,15 @@ type Backend interface {
 	Close() error
 }
 
+// Prefetcher is implemented by backends that can start fetching a range of
+// an object before it is read (local: the kernel's read-ahead into the page
+// cache). A restore reads its chunks in a known order; prefetching the next
+// tens of megabytes keeps the disk busy while the CPU decodes. Prefetch is a
+// hint: it does not wait for the data and reports no errors.
+type Prefetcher interface {
+	Prefetch(ctx context.Context, name string, off, n int64)
+}
+
 // ReservedPrefix starts the names of implementations' temporary files
 // (e.g. backend/local's ".tmp-<random>"). No segment of a valid name may
 // start with it, so a temp file can never be mistaken for an object.

@@ -578,3 +578,32 @@ func (r *Reader) unrecoverable(target, block, have int, bad *badSet) error {
 	return fmt.Errorf("shard: shard %d block %d: only %d of K=%d other blocks of the stripe readable, %d shards bad %v (M=%d), first: %v: %w",
 		target, block, have, r.h.K, len(bad.idx), bad.list(), r.h.M, first, ErrUnrecoverable)
 }
+
+// Prefetch tells the backends that pack bytes [off, off+n) will be read
+// soon (backend.Prefetcher), with the checksum tables of the data shards
+// involved if they are not loaded yet. It is a hint: nothing is read or
+// checked here, and backends that cannot prefetch are skipped. A data shard
+// known to be unusable is skipped too: its reads are reconstructions, which
+// a hint would not speed up much.
+func (r *Reader) Prefetch(ctx context.Context, off, n int64) {
+	if off < 0 || n <= 0 || off >= r.h.PackLen {
+		return
+	}
+	n = min(n, r.h.PackLen-off)
+	bs := int64(r.h.BlockSize)
+	for n > 0 {
+		i, so, l := firstSpan(off, n, r.h.ShardLen)
+		off, n = off+l, n-l
+		t := r.targets[i]
+		p, ok := t.BE.(backend.Prefetcher)
+		if !ok || r.sh[i].openErr != nil || r.sh[i].dead.Load() {
+			continue
+		}
+		h := r.sh[i].hdr
+		if r.sh[i].table.Load() == nil {
+			p.Prefetch(ctx, t.Name, HeaderSize, h.TableLen())
+		}
+		b0, b1 := blockRange(so, l, r.h.BlockSize)
+		p.Prefetch(ctx, t.Name, h.DataOffset()+int64(b0)*bs, int64(b1-b0+1)*bs)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -145,4 +146,38 @@ func TestDirectWrongLength(t *testing.T) {
 		}
 	}
 	assertNoTempFiles(t, b.Root())
+}
+
+// TestPrefetchLoadsPageCache: an object written past the page cache is not
+// resident; Prefetch of a range starts reading it in without a read of
+// ours, and the object reads back unchanged.
+func TestPrefetchLoadsPageCache(t *testing.T) {
+	b := open(t, t.TempDir(), nil)
+	var fs unix.Statfs_t
+	if unix.Statfs(b.Root(), &fs) == nil && fs.Type == unix.TMPFS_MAGIC || !directSupported(t, b.Root()) {
+		t.Logf("%s: tmpfs or no O_DIRECT: residency cannot be observed here", b.Root())
+		return
+	}
+	data := backendtest.Data(9, 4<<20)
+	backendtest.Put(t, b, "o/x", data)
+	if res, _ := residentPages(t, b.path("o/x")); res > 1 {
+		t.Fatalf("%d pages resident before Prefetch", res)
+	}
+	const off, n = 1 << 20, 2 << 20
+	b.Prefetch(context.Background(), "o/x", off, n)
+	want := n / os.Getpagesize()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		res, _ := residentPages(t, b.path("o/x"))
+		if res >= want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pages resident 5 s after a Prefetch of %d", res, want)
+		}
+	}
+	b.Prefetch(context.Background(), "missing", 0, 1) // a hint: no error, no panic
+	b.Prefetch(context.Background(), "o/x", -1, 5)
+	if got := backendtest.Get(t, b, "o/x"); !bytes.Equal(got, data) {
+		t.Fatal("object changed")
+	}
 }

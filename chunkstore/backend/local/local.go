@@ -566,3 +566,5 @@ func (e *exactWriter) Write(p []byte) (int, error) {
 	e.left -= int64(n)
 	return n, err
 }
+
+var _ backend.Prefetcher = (*Backend)(nil)
