@@ -401,6 +401,10 @@ func writeRawFile(ctx context.Context, path string, d *DiskReader, progress func
 					fail(err)
 					return
 				}
+				// Buffered, unlike the VHDX writer's direct writes: the
+				// workers decode and write in turn, and a synchronous
+				// direct write stalls the decoding (the raw restore of the
+				// reference image took 3.3 s instead of 2.4).
 				if err := writeNonZero(f, b, w.Off); err != nil {
 					fail(err)
 					return
