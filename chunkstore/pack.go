@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/vmvault/vmvault/chunkstore/shard"
 )
 
 // Pack format: many chunk blobs and a self-describing trailer, so that the
@@ -85,7 +87,8 @@ func getPackBuf(capacity int) []byte {
 			return (*bp)[:0]
 		}
 	}
-	return make([]byte, 0, capacity)
+	// Aligned: its data shards are written from it with O_DIRECT.
+	return shard.AlignedBuffer(capacity)[:0]
 }
 
 // release recycles the pack's buffer. Call it only when nothing can read

@@ -1,14 +1,15 @@
 package shard
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
+	"unsafe"
 
 	"github.com/klauspost/reedsolomon"
+
+	"github.com/vmvault/vmvault/chunkstore/backend"
 )
 
 // ErrEmpty is returned by Write for an empty pack: a sealed pack always has
@@ -97,12 +98,12 @@ func splitPack(pack []byte, k, m, s int) [][]byte {
 		case lo+s <= len(pack):
 			shards[i] = pack[lo : lo+s : lo+s]
 		case lo < len(pack):
-			b := make([]byte, s)
+			b := AlignedBuffer(s)
 			copy(b, pack[lo:])
 			shards[i] = b
 		default:
 			if zero == nil {
-				zero = make([]byte, s)
+				zero = AlignedBuffer(s)
 			}
 			shards[i] = zero
 		}
@@ -122,7 +123,17 @@ func getParityBuf(n int) []byte {
 	if bp, ok := parityBufs.Get().(*[]byte); ok && cap(*bp) >= n {
 		return (*bp)[:n]
 	}
-	return make([]byte, n)
+	return AlignedBuffer(n)
+}
+
+// AlignedBuffer returns a zeroed n-byte buffer at a 4 KiB-aligned address.
+// Shard data in such memory can be written with O_DIRECT without a copy
+// (backend/local); pack, padding and parity buffers are allocated with it.
+func AlignedBuffer(n int) []byte {
+	const align = 4096
+	b := make([]byte, n+align)
+	skip := int(-uintptr(unsafe.Pointer(&b[0])) & (align - 1))
+	return b[skip : skip+n : skip+n]
 }
 
 // recycleParity returns parity buffers once their shards are written (the
@@ -194,8 +205,9 @@ func putShard(ctx context.Context, t Target, base Header, idx int, data []byte) 
 	h.TableCRC = crc(table)
 	hdr := h.marshal()
 	size := int64(len(hdr)) + int64(len(table)) + int64(len(data))
-	r := io.MultiReader(bytes.NewReader(hdr), bytes.NewReader(table), bytes.NewReader(data))
-	if err := t.BE.Put(ctx, t.Name, r, size); err != nil {
+	// Buffers, not a MultiReader: a backend may write the (aligned) data
+	// straight from the pack buffer (backend/local, with O_DIRECT).
+	if err := t.BE.Put(ctx, t.Name, backend.NewBuffers(hdr, table, data), size); err != nil {
 		return fmt.Errorf("shard: put shard %d (%s): %w", idx, t.Name, err)
 	}
 	return nil

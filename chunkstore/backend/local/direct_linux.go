@@ -9,10 +9,13 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmvault/vmvault/chunkstore/backend"
 )
 
 // Large objects (pack shards) are written with O_DIRECT. A backup writes
@@ -65,53 +68,147 @@ func (b *Backend) writeContents(ctx context.Context, f *os.File, r io.Reader, si
 	}
 	bufp := directBufs.Get().(*[]byte)
 	defer directBufs.Put(bufp)
-	buf := *bufp
-	direct := true
-	var off int64
-	for off < size {
-		if err := ctx.Err(); err != nil {
-			return err
+	w := &directWriter{ctx: ctx, be: b, f: f, buf: *bufp, direct: true}
+	if bufs, ok := r.(*backend.Buffers); ok {
+		// In-memory slices: aligned ones are written from where they are.
+		if n := bufs.Len(); n != size {
+			if n < size {
+				return fmt.Errorf("reader gave %d bytes, want %d: %w", n, size, io.ErrUnexpectedEOF)
+			}
+			return fmt.Errorf("reader gave more than %d bytes", size)
 		}
-		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), size-off)])
+		for _, p := range bufs.Take() {
+			if err := w.write(p); err != nil {
+				return err
+			}
+		}
+		return w.finish(size)
+	}
+	for w.fo+int64(w.pend) < size {
+		n, err := io.ReadFull(r, w.buf[w.pend:min(int64(len(w.buf)), int64(w.pend)+size-w.fo-int64(w.pend))])
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				return fmt.Errorf("reader gave %d bytes, want %d: %w", off+int64(n), size, io.ErrUnexpectedEOF)
+				return fmt.Errorf("reader gave %d bytes, want %d: %w", w.fo+int64(w.pend+n), size, io.ErrUnexpectedEOF)
 			}
 			return fmt.Errorf("read source: %w", err)
 		}
-		piece := buf[:n]
-		if direct {
-			// Pad the last piece to the alignment; the truncate below cuts
-			// the padding off again.
-			w := (n + directAlign - 1) &^ (directAlign - 1)
-			clear(buf[n:w])
-			piece = buf[:w]
-		}
-		_, err = writeAt(f, piece, off, direct)
-		if direct && errors.Is(err, syscall.EINVAL) {
-			// No O_DIRECT here after all: say so once, go on buffered.
-			b.noDirect.Store(true)
-			direct = false
-			if !setDirect(f, false) {
-				return fmt.Errorf("write: O_DIRECT refused and cannot be turned off: %w", err)
+		w.pend += n
+		if w.pend == len(w.buf) {
+			if err := w.flush(); err != nil {
+				return err
 			}
-			piece = buf[:n]
-			_, err = writeAt(f, piece, off, false)
 		}
-		if err != nil {
-			return err
-		}
-		off += int64(n)
 	}
-	if n, _ := r.Read(buf[:1]); n > 0 {
+	var one [1]byte
+	if n, _ := r.Read(one[:]); n > 0 {
 		return fmt.Errorf("reader gave more than %d bytes", size)
 	}
-	if direct && size%directAlign != 0 {
-		if err := f.Truncate(size); err != nil {
+	return w.finish(size)
+}
+
+// directWriter writes a file front to back with O_DIRECT: pieces whose
+// memory and file offset are aligned go straight from the caller's memory,
+// the rest is gathered in buf (aligned) and written from there.
+type directWriter struct {
+	ctx    context.Context
+	be     *Backend
+	f      *os.File
+	buf    []byte
+	pend   int   // bytes gathered in buf, to go at file offset fo
+	fo     int64 // file bytes written
+	direct bool  // false after the file system refused O_DIRECT
+	padded bool  // the last write went past the end to the alignment
+}
+
+// zeroCopyBytes counts the bytes written straight from callers' memory
+// (for tests).
+var zeroCopyBytes atomic.Int64
+
+func aligned(p []byte) bool { return uintptr(unsafe.Pointer(&p[0]))%directAlign == 0 }
+
+// write appends p to the file.
+func (w *directWriter) write(p []byte) error {
+	for len(p) > 0 {
+		if err := w.ctx.Err(); err != nil {
+			return err
+		}
+		if w.direct && len(p) >= directAlign && (w.fo+int64(w.pend))%directAlign == 0 && aligned(p) {
+			if err := w.flush(); err != nil { // pend is a multiple of the alignment here
+				return err
+			}
+			n := len(p) &^ (directAlign - 1)
+			if err := w.writeAt(p[:n], false); err != nil {
+				return err
+			}
+			zeroCopyBytes.Add(int64(n))
+			p = p[n:]
+			continue
+		}
+		c := copy(w.buf[w.pend:], p)
+		w.pend += c
+		p = p[c:]
+		if w.pend == len(w.buf) {
+			if err := w.flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// flush writes the gathered bytes (a whole buffer, or a multiple of the
+// alignment before a direct piece).
+func (w *directWriter) flush() error {
+	if w.pend == 0 {
+		return nil
+	}
+	err := w.writeAt(w.buf[:w.pend], true)
+	w.pend = 0
+	return err
+}
+
+// writeAt writes p at fo and advances it. fromBuf: p is w.buf's, which may
+// be padded with zeros to the alignment (finish truncates the padding off).
+func (w *directWriter) writeAt(p []byte, fromBuf bool) error {
+	n := len(p)
+	piece := p
+	if w.direct && fromBuf && n%directAlign != 0 {
+		padTo := (n + directAlign - 1) &^ (directAlign - 1)
+		clear(w.buf[n:padTo])
+		piece = w.buf[:padTo]
+		w.padded = true
+	}
+	_, err := writeAt(w.f, piece, w.fo, w.direct)
+	if w.direct && errors.Is(err, syscall.EINVAL) {
+		// No O_DIRECT here after all: say so once, go on buffered.
+		w.be.noDirect.Store(true)
+		w.direct = false
+		if !setDirect(w.f, false) {
+			return fmt.Errorf("write: O_DIRECT refused and cannot be turned off: %w", err)
+		}
+		_, err = writeAt(w.f, piece, w.fo, false)
+	}
+	if err != nil {
+		return err
+	}
+	w.fo += int64(n)
+	return nil
+}
+
+// finish writes what is gathered and cuts the alignment padding off.
+func (w *directWriter) finish(size int64) error {
+	if err := w.flush(); err != nil {
+		return err
+	}
+	if w.fo != size {
+		return fmt.Errorf("local: wrote %d bytes, want %d", w.fo, size)
+	}
+	if w.padded {
+		if err := w.f.Truncate(size); err != nil {
 			return err
 		}
 	}
-	return ctx.Err()
+	return w.ctx.Err()
 }
 
 func writeAt(f *os.File, p []byte, off int64, direct bool) (int, error) {

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vmvault/vmvault/chunkstore/backend"
 	"github.com/vmvault/vmvault/chunkstore/backend/backendtest"
 )
 
@@ -179,5 +180,73 @@ func TestPrefetchLoadsPageCache(t *testing.T) {
 	b.Prefetch(context.Background(), "o/x", -1, 5)
 	if got := backendtest.Get(t, b, "o/x"); !bytes.Equal(got, data) {
 		t.Fatal("object changed")
+	}
+}
+
+// alignedCopy returns a copy of b in 4 KiB-aligned memory, shifted by skew
+// bytes (skew 0: aligned).
+func alignedCopy(b []byte, skew int) []byte {
+	m := (*directBufs.New().(*[]byte))[:0]
+	if len(b)+skew > cap(m) {
+		big := make([]byte, len(b)+skew+directAlign)
+		off := int(-uintptr(unsafe.Pointer(&big[0])) & (directAlign - 1))
+		m = big[off:off]
+	}
+	m = m[:skew+len(b)]
+	copy(m[skew:], b)
+	return m[skew:]
+}
+
+// TestDirectWritesFromBuffers: a Put of in-memory slices (backend.Buffers,
+// as shards are put) writes aligned slices from where they are and gathers
+// the others; every layout of aligned and unaligned, short and long slices
+// reads back exactly, with the O_DIRECT path on and after a fallback.
+func TestDirectWritesFromBuffers(t *testing.T) {
+	layouts := map[string][]struct{ n, skew int }{
+		"shard":          {{4096, 8}, {8192, 16}, {3 << 20, 0}},    // header, table, aligned data
+		"shard-odd-tail": {{4096, 8}, {4096, 16}, {2<<20 + 17, 0}}, // data ends unaligned
+		"unaligned-data": {{4096, 8}, {4096, 16}, {2 << 20, 1}},    // data memory not aligned
+		"odd-offset":     {{100, 0}, {1 << 20, 0}, {1<<20 + 5, 0}}, // aligned memory at odd file offsets
+		"many-small":     {{3000, 0}, {5000, 3}, {70000, 0}, {200000, 0}, {1 << 20, 0}, {1, 0}},
+		"one-aligned":    {{4 << 20, 0}},
+	}
+	for _, fallback := range []bool{false, true} {
+		for name, l := range layouts {
+			t.Run(fmt.Sprintf("%s-fallback%v", name, fallback), func(t *testing.T) {
+				testDirectUnsupported = fallback
+				defer func() { testDirectUnsupported = false }()
+				b := open(t, t.TempDir(), nil)
+				var parts [][]byte
+				var want []byte
+				for i, p := range l {
+					d := backendtest.Data(uint64(i+1), p.n)
+					parts = append(parts, alignedCopy(d, p.skew))
+					want = append(want, d...)
+				}
+				before := zeroCopyBytes.Load()
+				if err := b.Put(context.Background(), "o/x", backend.NewBuffers(parts...), int64(len(want))); err != nil {
+					t.Fatal(err)
+				}
+				// A shard's aligned data goes from the caller's memory.
+				if name == "shard" && !fallback && directSupported(t, b.Root()) {
+					if got := zeroCopyBytes.Load() - before; got != 3<<20 {
+						t.Errorf("%d bytes written from the caller's memory, want the %d of the aligned data", got, 3<<20)
+					}
+				}
+				if got := backendtest.Get(t, b, "o/x"); !bytes.Equal(got, want) {
+					t.Fatalf("read back differs (%d bytes)", len(want))
+				}
+				if fallback != b.noDirect.Load() {
+					t.Fatalf("noDirect = %v after a Put with fallback %v", b.noDirect.Load(), fallback)
+				}
+				// A declared size that disagrees fails, leaving nothing.
+				for _, size := range []int64{int64(len(want)) - 1, int64(len(want)) + 1} {
+					if err := b.Put(context.Background(), "o/bad", backend.NewBuffers(parts...), size); err == nil {
+						t.Fatalf("Put of %d bytes declared as %d succeeded", len(want), size)
+					}
+				}
+				assertNoTempFiles(t, b.Root())
+			})
+		}
 	}
 }
