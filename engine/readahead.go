@@ -31,20 +31,47 @@ type readAhead struct {
 	d     *DiskReader
 	ahead int64
 	wake  chan struct{} // 1 slot: the prefetcher has work
+	// seqOnly: the reader may also jump around (a mount), so only a run of
+	// reads that follow each other is prefetched for.
+	seqOnly bool
 
-	mu   sync.Mutex
-	hw   int64 // prefetch asked up to here (virtual offset)
-	sent int64 // the prefetcher has taken requests up to here
+	mu     sync.Mutex
+	hw     int64 // prefetch asked up to here (virtual offset)
+	sent   int64 // the prefetcher has taken requests up to here
+	last   int64 // seqOnly: end of the current run of reads
+	streak int64 // seqOnly: bytes read in the current run
 }
+
+// Sequential detection for seqOnly read-ahead: a read that starts within
+// seqSlack of where the run got to continues it (a mount's cache fills
+// several 8 MiB blocks at once, so they arrive a little out of order), and
+// prefetching starts once a run has read seqMin bytes.
+const (
+	seqSlack = 32 << 20
+	seqMin   = 16 << 20
+)
 
 // startReadAhead turns read-ahead on for d until stop is called (d must not
 // be read after stop). Without a store that can prefetch it does nothing.
 func (d *DiskReader) startReadAhead(ctx context.Context, ahead int64) (stop func()) {
+	return d.readAheadMode(ctx, ahead, false)
+}
+
+// ReadAheadWhenSequential turns read-ahead on for d, for runs of reads that
+// follow each other (16 MiB and more), until stop: a mount's reader copies
+// whole disks and files as well as reading at random, and without it a
+// copy from a repository that is not in the page cache waits on the disk
+// chunk by chunk. Random reads hint nothing.
+func (d *DiskReader) ReadAheadWhenSequential(ctx context.Context, ahead int64) (stop func()) {
+	return d.readAheadMode(ctx, ahead, true)
+}
+
+func (d *DiskReader) readAheadMode(ctx context.Context, ahead int64, seqOnly bool) (stop func()) {
 	p, ok := d.st.(prefetcher)
 	if !ok {
 		return func() {}
 	}
-	ra := &readAhead{d: d, ahead: ahead, wake: make(chan struct{}, 1)}
+	ra := &readAhead{d: d, ahead: ahead, wake: make(chan struct{}, 1), seqOnly: seqOnly}
 	quit := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -82,6 +109,19 @@ func (ra *readAhead) note(off, n int64) {
 	end := min(off+n+ra.ahead, ra.d.Size())
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
+	if ra.seqOnly {
+		if off < ra.last-seqSlack || off > ra.last+seqSlack {
+			// A jump: a new run starts here, and what was asked for the
+			// old one is not this run's business.
+			ra.streak, ra.hw, ra.sent, ra.last = 0, off, off, off+n
+		} else {
+			ra.last = max(ra.last, off+n)
+		}
+		ra.streak += n
+		if ra.streak < seqMin {
+			return
+		}
+	}
 	if end <= ra.hw || end-ra.hw < ra.ahead/4 && end < ra.d.Size() {
 		return
 	}

@@ -116,3 +116,53 @@ func TestReadAheadPrefetchesAhead(t *testing.T) {
 		t.Fatalf("only %d prefetch requests for %d MiB: not incremental", st.calls, dr.Size()>>20)
 	}
 }
+
+// TestReadAheadWhenSequential: random reads prefetch nothing; a run of
+// reads that follow each other starts prefetching once it has read 16 MiB,
+// ahead of where it got to; a jump starts a new run.
+func TestReadAheadWhenSequential(t *testing.T) {
+	const chunk = 1 << 20
+	const n = 512
+	d := &DiskManifest{Identity: vdisk.Identity{VirtualSize: n * chunk}}
+	var seg Segment
+	for i := range n {
+		var id ChunkID
+		id[0], id[1] = byte(i), byte(i>>8)
+		seg.Extents = append(seg.Extents, Extent{Off: int64(i) * chunk, Len: chunk, ID: id})
+	}
+	d.Segments = []Segment{seg}
+	st := &fakePrefetchStore{prefetched: map[chunkstore.ID]int{}}
+	dr := newDiskReader(st, d)
+	const ahead = 32 << 20
+	stop := dr.ReadAheadWhenSequential(context.Background(), ahead)
+	defer stop()
+	ra := dr.ra.Load()
+	hw := func() int64 { ra.mu.Lock(); defer ra.mu.Unlock(); return ra.hw }
+
+	// Random 4 KiB reads all over the disk.
+	buf := make([]byte, 4096)
+	for _, off := range []int64{400 << 20, 3 << 20, 200 << 20, 100 << 20, 450<<20 + 4096, 50 << 20} {
+		dr.ReadAt(buf, off)
+	}
+	if st.calls != 0 || hw() != 50<<20 {
+		t.Fatalf("random reads asked for prefetching (calls %d, asked up to %d)", st.calls, hw())
+	}
+	// A run from 64 MiB in 1 MiB reads: nothing asked before 16 MiB of it,
+	// then always 3/4 of the distance ahead.
+	big := make([]byte, 1<<20)
+	for off := int64(64 << 20); off < 128<<20; off += int64(len(big)) {
+		dr.ReadAt(big, off)
+		run := off + int64(len(big)) - 64<<20
+		switch got := hw(); {
+		case run < seqMin && got > 64<<20:
+			t.Fatalf("after %d MiB of the run: prefetch asked up to %d already", run>>20, got)
+		case run >= seqMin && got < off+int64(len(big))+ahead*3/4:
+			t.Fatalf("after %d MiB of the run: prefetch asked up to %d, want >= %d", run>>20, got, off+int64(len(big))+ahead*3/4)
+		}
+	}
+	// A jump back to the start begins a new run: nothing until 16 MiB.
+	dr.ReadAt(big, 0)
+	if got := hw(); got != 0 {
+		t.Fatalf("after a jump: prefetch asked up to %d", got)
+	}
+}

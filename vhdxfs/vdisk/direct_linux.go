@@ -31,4 +31,9 @@ func openDirectWrite(path string) (*os.File, int64, int64) {
 	return f, mem, off
 }
 
-func isInvalid(err error) bool { return errors.Is(err, syscall.EINVAL) }
+// isInvalid: the errors with which file systems turn down a direct write
+// (EINVAL: alignment or no O_DIRECT; EOPNOTSUPP from some FUSE and network
+// file systems).
+func isInvalid(err error) bool {
+	return errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EOPNOTSUPP)
+}

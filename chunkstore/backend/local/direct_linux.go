@@ -179,7 +179,7 @@ func (w *directWriter) writeAt(p []byte, fromBuf bool) error {
 		w.padded = true
 	}
 	_, err := writeAt(w.f, piece, w.fo, w.direct)
-	if w.direct && errors.Is(err, syscall.EINVAL) {
+	if w.direct && directRefused(err) {
 		// No O_DIRECT here after all: say so once, go on buffered.
 		w.be.noDirect.Store(true)
 		w.direct = false
@@ -216,6 +216,13 @@ func writeAt(f *os.File, p []byte, off int64, direct bool) (int, error) {
 		return 0, &os.PathError{Op: "write", Path: f.Name(), Err: syscall.EINVAL}
 	}
 	return f.WriteAt(p, off)
+}
+
+// directRefused: the errors with which file systems turn down a direct
+// write (EINVAL: alignment or no O_DIRECT; EOPNOTSUPP from some FUSE and
+// network file systems).
+func directRefused(err error) bool {
+	return errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EOPNOTSUPP)
 }
 
 // setDirect turns O_DIRECT on or off for f; false if the kernel refused.
