@@ -39,6 +39,12 @@ type VM struct {
 	// GUIDSource says where the GUID came from: "vmcx" (the VM's own
 	// configuration file name) or "generated" (no .vmcx was backed up).
 	GUIDSource string `json:"guid_source"`
+	// Sources, when set, are what the scheduler backs the VM up from
+	// (absolute disk file and VM folder paths, SetVMSources) instead of
+	// the sources of its latest recovery point: an administrator can point
+	// it at a moved VM, or schedule one never backed up by hand. Records
+	// written before this field have none and keep the old behaviour.
+	Sources []string `json:"sources,omitempty"`
 }
 
 // catalog is the directory of small JSON files beside the chunkstore. Every
@@ -192,6 +198,24 @@ func (c *catalog) putVM(vm VM) error {
 		return err
 	}
 	return writeFileAtomic(c.path(vmsDir, vm.GUID+".json"), b, false)
+}
+
+// vm reads the record of the VM with GUID guid (ErrUnknownVM when there
+// is none). It reads one file, unlike findVM, so the scheduler can look a
+// member up per backup without listing the catalog.
+func (c *catalog) vm(guid string) (VM, error) {
+	g, err := vdisk.ParseGUID(guid)
+	if err != nil {
+		return VM{}, fmt.Errorf("%q: %w", guid, ErrUnknownVM)
+	}
+	var vm VM
+	if err := readJSON(c.path(vmsDir, g.String()+".json"), &vm); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return VM{}, fmt.Errorf("%q: %w", guid, ErrUnknownVM)
+		}
+		return VM{}, err
+	}
+	return vm, nil
 }
 
 // findVM resolves a VM by GUID or by name. Several VMs may share a name

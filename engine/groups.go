@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -308,6 +309,78 @@ func (c *catalog) setGroup(vms []VM, group string) (int, error) {
 		}
 	}
 	return len(vms), nil
+}
+
+// SetVMSources sets the sources the scheduler backs VM vm (name or GUID)
+// up from, replacing those of its latest recovery point (VM.Sources).
+// Each must be an absolute path: the scheduler runs as a service whose
+// working directory has nothing to do with the shell that set them, so
+// callers make what the user typed absolute (the CLI uses filepath.Abs).
+// Paths are cleaned and repeats dropped; they need not exist now (a VM's
+// storage may be offline; `schedule run --dry-run` shows missing ones).
+//
+// Like group membership it is a VM record edit: only a VM the catalog
+// knows (its first backup makes the record; one that failed or was
+// interrupted leaves it without a recovery point, which the override then
+// lets the scheduler back up), under the catalog write lock so a
+// concurrent `group add` or backup is not lost.
+func (r *Catalog) SetVMSources(vm string, sources []string) (VM, error) {
+	clean, err := cleanSources(sources)
+	if err != nil {
+		return VM{}, fmt.Errorf("engine: VM %s: sources: %w", vm, err)
+	}
+	return r.updateVM(vm, "set sources", func(v *VM) { v.Sources = clean })
+}
+
+// ClearVMSources removes VM vm's source override: the scheduler goes back
+// to the sources of its latest recovery point. Clearing a VM without an
+// override is no error.
+func (r *Catalog) ClearVMSources(vm string) (VM, error) {
+	return r.updateVM(vm, "clear sources", func(v *VM) { v.Sources = nil })
+}
+
+// cleanSources checks and normalises a source override.
+func cleanSources(sources []string) ([]string, error) {
+	if len(sources) == 0 {
+		return nil, errors.New("no path given (to go back to the latest recovery point's sources, clear them)")
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range sources {
+		if s == "" || !filepath.IsAbs(s) {
+			return nil, fmt.Errorf("%q is not an absolute path", s)
+		}
+		c := filepath.Clean(s)
+		if !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// updateVM applies edit to the record of VM vm (name or GUID) under the
+// catalog write lock and writes it back (temp+fsync+rename, like
+// setGroup). An unknown VM is ErrUnknownVM with the way in, as for
+// AddToGroup.
+func (r *Catalog) updateVM(vm, what string, edit func(*VM)) (VM, error) {
+	unlock, err := r.cat.lock()
+	if err != nil {
+		return VM{}, fmt.Errorf("engine: VM %s: %s: %w", vm, what, err)
+	}
+	defer unlock()
+	v, err := r.FindVM(vm)
+	if err != nil {
+		if errors.Is(err, ErrUnknownVM) {
+			return VM{}, fmt.Errorf("%w (a VM enters the catalog with its first backup: vmvault backup --vm %s SOURCE...)", err, vm)
+		}
+		return VM{}, err
+	}
+	edit(&v)
+	if err := r.cat.putVM(v); err != nil {
+		return VM{}, fmt.Errorf("engine: VM %s: %s: %w", v.Name, what, err)
+	}
+	return v, nil
 }
 
 func (r *Catalog) groupExists(name string) bool {

@@ -14,11 +14,13 @@ package engine
 // backup counts like a scheduled one. A failed attempt delays the next
 // one by the retry delay, so a broken member is retried, not hammered.
 //
-// Sources: a scheduled backup reads what the member's latest recovery
-// point was made from (Manifest.Sources: the disk files and VM folders
-// given to `vmvault backup`, as absolute paths). A VM folder is scanned
-// again, so new disks and checkpoints are picked up. A member without a
-// recovery point has no sources: its first backup is made by hand.
+// Sources: a scheduled backup reads the VM record's source override when
+// one is set (VM.Sources, `vmvault group sources`), else what the
+// member's latest recovery point was made from (Manifest.Sources: the disk
+// files and VM folders given to `vmvault backup`, as absolute paths). A
+// VM folder is scanned again, so new disks and checkpoints are picked up.
+// A member with neither has no sources: its first backup is made by hand,
+// or its sources are set.
 //
 // Run takes the members one at a time (a repository has one writer), then
 // applies each group's retention range to the groups that got a new
@@ -267,8 +269,10 @@ type ScheduledMember struct {
 	LastRP      time.Time `json:"last_rp,omitzero"`
 	LastFull    time.Time `json:"last_full,omitzero"`
 	LastFailure time.Time `json:"last_failure,omitzero"`
-	// Sources are what a backup of it reads (filled by Sources and Run).
+	// Sources are what a backup of it reads (filled by Sources and Run),
+	// SourcesFrom where they come from (SourcesFromVM, SourcesFromLatestRP).
 	Sources      []string `json:"sources,omitempty"`
+	SourcesFrom  string   `json:"sources_from,omitempty"`
 	SourcesError string   `json:"sources_error,omitempty"`
 	// MissingSources are the Sources that do not exist now (Sources only).
 	MissingSources []string `json:"missing_sources,omitempty"`
@@ -445,13 +449,13 @@ func scheduleWords(g Group) string {
 func (s *Scheduler) Sources(ctx context.Context, r *Repo, p *SchedulePlan) {
 	for i := range p.Members {
 		m := &p.Members[i]
-		src, err := r.memberSources(ctx, m)
+		sv, err := r.memberSources(ctx, m)
 		if err != nil {
 			m.SourcesError = err.Error()
 			continue
 		}
-		m.Sources = src
-		for _, p := range src {
+		m.Sources, m.SourcesFrom = sv.Sources, sv.SourcesFrom
+		for _, p := range sv.Sources {
 			if _, err := os.Stat(p); err != nil {
 				m.MissingSources = append(m.MissingSources, p)
 			}
@@ -459,20 +463,94 @@ func (s *Scheduler) Sources(ctx context.Context, r *Repo, p *SchedulePlan) {
 	}
 }
 
-// memberSources returns the sources of a member's latest recovery point.
-func (r *Repo) memberSources(ctx context.Context, m *ScheduledMember) ([]string, error) {
-	man, err := r.LoadManifest(ctx, m.VMGUID, "latest")
+// Where a scheduled backup's sources come from (SourcesView.SourcesFrom).
+const (
+	// SourcesFromVM: the VM record's override (SetVMSources).
+	SourcesFromVM = "vm"
+	// SourcesFromLatestRP: the VM's latest recovery point.
+	SourcesFromLatestRP = "latest-rp"
+)
+
+// SourcesView is what a scheduled backup of a VM reads, and from where.
+type SourcesView struct {
+	VM     string `json:"vm"`
+	VMGUID string `json:"vm_guid"`
+	Group  string `json:"group,omitempty"`
+	// Sources are absolute disk file and VM folder paths.
+	Sources     []string `json:"sources"`
+	SourcesFrom string   `json:"sources_from"`
+	// RP is the recovery point they were taken from (SourcesFromLatestRP).
+	RP string `json:"rp,omitempty"`
+}
+
+// VMSources says what a scheduled backup of VM vm (name or GUID) reads
+// now: its source override, else its latest recovery point's sources (the
+// manifest is read, hence a Repo). A VM with neither is an error that
+// says how to give it sources.
+func (r *Repo) VMSources(ctx context.Context, vm string) (*SourcesView, error) {
+	v, err := r.FindVM(vm)
+	if err != nil {
+		return nil, err
+	}
+	return r.sourcesOf(ctx, v)
+}
+
+// VMSourceOverride returns the SourcesView of VM vm's source override
+// (SetVMSources), or nil when it has none and the scheduler takes the
+// latest recovery point's (Repo.VMSources reads those). It reads the
+// catalog only, so it needs no password.
+func (r *Catalog) VMSourceOverride(vm string) (*SourcesView, error) {
+	v, err := r.FindVM(vm)
+	if err != nil {
+		return nil, err
+	}
+	return overrideView(v), nil
+}
+
+// overrideView is the SourcesView of vm's override, nil without one.
+func overrideView(vm VM) *SourcesView {
+	if len(vm.Sources) == 0 {
+		return nil
+	}
+	return &SourcesView{VM: vm.Name, VMGUID: vm.GUID, Group: vm.Group, Sources: vm.Sources, SourcesFrom: SourcesFromVM}
+}
+
+// memberSources returns a member's sources. The VM record is read again
+// rather than taken from the plan: an override set since the plan was
+// made is what the administrator means now.
+func (r *Repo) memberSources(ctx context.Context, m *ScheduledMember) (*SourcesView, error) {
+	vm, err := r.cat.vm(m.VMGUID)
+	if err != nil {
+		return nil, fmt.Errorf("engine: schedule: VM %s: %w", m.VM, err)
+	}
+	vm.Group = m.Group // the group it is scheduled by, for the hints
+	return r.sourcesOf(ctx, vm)
+}
+
+// sourcesOf is the sources of vm: its override, else its latest recovery
+// point's.
+func (r *Repo) sourcesOf(ctx context.Context, vm VM) (*SourcesView, error) {
+	if sv := overrideView(vm); sv != nil {
+		return sv, nil
+	}
+	setHint := fmt.Sprintf("vmvault group sources --repo %s %s PATH...", r.dir, vm.Name)
+	man, err := r.LoadManifest(ctx, vm.GUID, "latest")
 	if errors.Is(err, ErrUnknownRP) {
-		return nil, fmt.Errorf("engine: schedule: VM %s has no recovery point to take its sources from; back it up once by hand (vmvault backup --repo %s --vm %s --group %s SOURCE...)",
-			m.VM, r.dir, m.VM, m.Group)
+		backupHint := fmt.Sprintf("vmvault backup --repo %s --vm %s SOURCE...", r.dir, vm.Name)
+		if vm.Group != "" {
+			backupHint = fmt.Sprintf("vmvault backup --repo %s --vm %s --group %s SOURCE...", r.dir, vm.Name, vm.Group)
+		}
+		return nil, fmt.Errorf("engine: schedule: VM %s has no recovery point to take its sources from; back it up once by hand (%s) or set its sources (%s)",
+			vm.Name, backupHint, setHint)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("engine: schedule: VM %s: sources: %w", m.VM, err)
+		return nil, fmt.Errorf("engine: schedule: VM %s: sources: %w", vm.Name, err)
 	}
 	if len(man.Sources) == 0 {
-		return nil, fmt.Errorf("engine: schedule: VM %s: recovery point %s records no sources; back it up once by hand", m.VM, man.ID)
+		return nil, fmt.Errorf("engine: schedule: VM %s: recovery point %s records no sources; back it up once by hand or set its sources (%s)", vm.Name, man.ID, setHint)
 	}
-	return man.Sources, nil
+	return &SourcesView{VM: vm.Name, VMGUID: vm.GUID, Group: vm.Group,
+		Sources: man.Sources, SourcesFrom: SourcesFromLatestRP, RP: man.ID}, nil
 }
 
 // ScheduleReport is what Run did.
@@ -504,6 +582,7 @@ type ScheduledRun struct {
 	Full        bool      `json:"full"`
 	Kinds       []string  `json:"kinds"`
 	Sources     []string  `json:"sources"`
+	SourcesFrom string    `json:"sources_from,omitempty"`
 	Result      string    `json:"result"`
 	Error       string    `json:"error,omitempty"`
 	RP          string    `json:"rp,omitempty"`
@@ -623,7 +702,7 @@ func (s *Scheduler) runMember(ctx context.Context, r *Repo, m *ScheduledMember, 
 	o := &s.Options
 	defer func() { run.End = time.Now().UTC() }()
 	trigger := strings.Join(m.Kinds, ",")
-	src, err := r.memberSources(ctx, m)
+	sv, err := r.memberSources(ctx, m)
 	if err != nil {
 		// Recorded like a failed backup, so the retry delay applies.
 		r.recordFailedJob(Job{Kind: "backup", VM: m.VM, VMGUID: m.VMGUID, Group: m.Group, Trigger: trigger}, err)
@@ -634,12 +713,14 @@ func (s *Scheduler) runMember(ctx context.Context, r *Repo, m *ScheduledMember, 
 		o.logf("%s/%s: %v", m.Group, m.VM, err)
 		return
 	}
-	m.Sources, run.Sources = src, src
+	src := sv.Sources
+	m.Sources, m.SourcesFrom = src, sv.SourcesFrom
+	run.Sources, run.SourcesFrom = src, sv.SourcesFrom
 	what := "backup"
 	if m.Full {
 		what = "express full backup"
 	}
-	o.logf("%s/%s: %s (%s) of %s", m.Group, m.VM, what, trigger, strings.Join(src, " "))
+	o.logf("%s/%s: %s (%s) of %s (sources from %s)", m.Group, m.VM, what, trigger, strings.Join(src, " "), sourcesFromWords(sv))
 	bo := BackupOptions{VM: m.VM, Group: m.Group, Sources: src, Full: m.Full,
 		PreHook: o.PreHook, PostHook: o.PostHook, Limit: o.Limit,
 		trigger: trigger, vmGUID: m.VMGUID}
@@ -661,6 +742,14 @@ func (s *Scheduler) runMember(ctx context.Context, r *Repo, m *ScheduledMember, 
 		run.BytesRead, run.BytesNew, run.BytesStored = res.Pointer.BytesRead, res.Pointer.BytesNew, res.Pointer.BytesStored
 		run.Warnings = res.Warnings
 	}
+}
+
+// sourcesFromWords says where sv's sources come from, for log lines.
+func sourcesFromWords(sv *SourcesView) string {
+	if sv.SourcesFrom == SourcesFromVM {
+		return "the VM record"
+	}
+	return "recovery point " + sv.RP
 }
 
 // logWriter turns hook output into log lines.

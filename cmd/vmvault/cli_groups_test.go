@@ -462,7 +462,7 @@ func TestCLIPagefile(t *testing.T) {
 // TestCLIHelpTeaches: every new command explains itself with an example.
 func TestCLIHelpTeaches(t *testing.T) {
 	for _, c := range [][]string{{"group"}, {"group", "create"}, {"group", "add"}, {"group", "remove"}, {"group", "list"},
-		{"group", "show"}, {"group", "delete"}, {"forget"}, {"backup"}, {"prune"}, {"jobs"}, {"rp", "show"}} {
+		{"group", "show"}, {"group", "delete"}, {"group", "sources"}, {"forget"}, {"backup"}, {"prune"}, {"jobs"}, {"rp", "show"}} {
 		out := mustVMV(t, nil, append(c, "--help")...)
 		if !strings.Contains(out, "Examples:") || !strings.Contains(out, "vmvault "+c[0]) || len(out) < 400 {
 			t.Errorf("%s --help:\n%s", strings.Join(c, " "), out)
@@ -470,5 +470,137 @@ func TestCLIHelpTeaches(t *testing.T) {
 	}
 	if out := mustVMV(t, nil, "backup", "--help"); !strings.Contains(out, "--keep-pagefile") || strings.Contains(out, "--exclude-pagefile") {
 		t.Errorf("backup --help page file flags:\n%s", out)
+	}
+}
+
+// schedMember is one member of `schedule run --dry-run --json`.
+type schedMember struct {
+	VM           string   `json:"vm"`
+	Sources      []string `json:"sources"`
+	SourcesFrom  string   `json:"sources_from"`
+	SourcesError string   `json:"sources_error"`
+}
+
+// dryRunMember runs `schedule run --dry-run --json` and returns vm's entry.
+func dryRunMember(t *testing.T, repo, vm string) schedMember {
+	t.Helper()
+	var p struct {
+		Members []schedMember `json:"members"`
+	}
+	if err := json.Unmarshal([]byte(mustVMV(t, utc, "schedule", "run", "--repo", repo, "--dry-run", "--json")), &p); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range p.Members {
+		if m.VM == vm {
+			return m
+		}
+	}
+	t.Fatalf("%s not in the plan: %+v", vm, p.Members)
+	return schedMember{}
+}
+
+// TestCLIGroupSources: `group sources` shows where the scheduler takes a
+// VM's sources from, sets an override (a relative path made absolute
+// against the caller's directory) that `schedule run` uses in its dry
+// run and in a real pass, and --clear goes back to the latest recovery
+// point's. Bad input fails with one line and changes nothing.
+func TestCLIGroupSources(t *testing.T) {
+	td := testdisks.Dir(t)
+	repo := filepath.Join(t.TempDir(), "repo")
+	mustVMV(t, utc, "init", "--repo", repo)
+	mustVMV(t, utc, "group", "create", "prod", "--repo", repo, "--retention-days", "30", "--sync-frequency", "24h")
+	disk1 := filepath.Join(td, testdisks.NoPartRaw)
+	disk2 := filepath.Join(td, testdisks.MBRRaw)
+	mustVMV(t, utc, "backup", "-q", "--repo", repo, "--vm", "web", "--group", "prod", disk1)
+	first := rpIDs(t, repo, "web")[0]
+
+	out := mustVMV(t, utc, "group", "sources", "--repo", repo, "web")
+	if !strings.Contains(out, "sources of its latest recovery point "+first) || !strings.Contains(out, "  "+disk1+"\n") {
+		t.Errorf("show without override:\n%s", out)
+	}
+	var sv struct {
+		VM          string   `json:"vm"`
+		Group       string   `json:"group"`
+		Sources     []string `json:"sources"`
+		SourcesFrom string   `json:"sources_from"`
+		RP          string   `json:"rp"`
+	}
+	json.Unmarshal([]byte(mustVMV(t, utc, "group", "sources", "--repo", repo, "web", "--json")), &sv)
+	if sv.SourcesFrom != "latest-rp" || sv.RP != first || len(sv.Sources) != 1 || sv.Sources[0] != disk1 || sv.Group != "prod" {
+		t.Errorf("show --json without override: %+v", sv)
+	}
+
+	wantFail(t, vmv(t, utc, "group", "sources", "--repo", repo, "ghost", disk2), "unknown VM")
+	wantFail(t, vmv(t, utc, "group", "sources", "--repo", repo, "web", "--clear", disk2), "not both")
+	wantFail(t, vmv(t, utc, "group", "sources", "--repo", repo, "web", ""), "empty path")
+	wantFail(t, vmv(t, utc, "group", "sources", "--repo", repo), "give the VM")
+	wantFail(t, vmv(t, utc, "group", "sources", "web", disk2), "--repo is required")
+	if m := dryRunMember(t, repo, "web"); m.SourcesFrom != "latest-rp" || len(m.Sources) != 1 || m.Sources[0] != disk1 {
+		t.Errorf("refused sets changed the plan: %+v", m)
+	}
+
+	// Relative to the directory vmvault runs in (the test's).
+	wd, _ := os.Getwd()
+	rel, err := filepath.Rel(wd, disk2)
+	if err != nil || filepath.IsAbs(rel) {
+		t.Fatalf("no relative path to %s from %s: %v", disk2, wd, err)
+	}
+	out = mustVMV(t, utc, "group", "sources", "--repo", repo, "web", rel)
+	if !strings.Contains(out, "set the sources of web") || !strings.Contains(out, "  "+disk2+"\n") {
+		t.Errorf("set:\n%s", out)
+	}
+	m := dryRunMember(t, repo, "web")
+	if m.SourcesFrom != "vm" || len(m.Sources) != 1 || m.Sources[0] != disk2 {
+		t.Errorf("dry run with the override: %+v", m)
+	}
+	if dry := mustVMV(t, utc, "schedule", "run", "--repo", repo, "--dry-run"); !strings.Contains(dry, "sources set for it (vmvault group sources): "+disk2) {
+		t.Errorf("dry run text:\n%s", dry)
+	}
+	if out := mustVMV(t, utc, "group", "sources", "--repo", repo, "web"); !strings.Contains(out, "sources set for it") || !strings.Contains(out, disk2) {
+		t.Errorf("show with override:\n%s", out)
+	}
+
+	// A missing path is stored, with a warning (the VM may be moving).
+	missing := filepath.Join(t.TempDir(), "later.vhdx")
+	r := vmv(t, utc, "group", "sources", "--repo", repo, "web", missing)
+	if r.code != 0 || !strings.Contains(r.stderr, "warning: "+missing+" does not exist now") {
+		t.Errorf("set a missing path: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	if out := mustVMV(t, utc, "group", "sources", "--repo", repo, "web", "--clear"); !strings.Contains(out, "cleared the sources of web") {
+		t.Errorf("clear:\n%s", out)
+	}
+	if m := dryRunMember(t, repo, "web"); m.SourcesFrom != "latest-rp" || len(m.Sources) != 1 || m.Sources[0] != disk1 {
+		t.Errorf("dry run after clear: %+v", m)
+	}
+
+	// A real pass backs up from the override.
+	var rec struct {
+		Sources []string `json:"sources"`
+	}
+	json.Unmarshal([]byte(mustVMV(t, utc, "group", "sources", "--repo", repo, "web", disk2, "--json")), &rec)
+	if len(rec.Sources) != 1 || rec.Sources[0] != disk2 {
+		t.Errorf("set --json: %+v", rec)
+	}
+	agePoint(t, repo, "web", 72*time.Hour)
+	var rep struct {
+		Runs []struct {
+			Result, RP  string
+			SourcesFrom string   `json:"sources_from"`
+			Sources     []string `json:"sources"`
+		} `json:"runs"`
+	}
+	if err := json.Unmarshal([]byte(mustVMV(t, utc, "schedule", "run", "--repo", repo, "--once", "-q", "--json")), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Runs) != 1 || rep.Runs[0].Result != "ok" || rep.Runs[0].SourcesFrom != "vm" || len(rep.Runs[0].Sources) != 1 || rep.Runs[0].Sources[0] != disk2 {
+		t.Fatalf("scheduled pass: %+v", rep.Runs)
+	}
+	var show struct {
+		Sources []string `json:"sources"`
+	}
+	json.Unmarshal([]byte(mustVMV(t, utc, "rp", "show", "--repo", repo, "--vm", "web", "--rp", rep.Runs[0].RP, "--json")), &show)
+	if len(show.Sources) != 1 || show.Sources[0] != disk2 {
+		t.Errorf("the scheduled point was made from %q, want %s", show.Sources, disk2)
 	}
 }

@@ -71,7 +71,7 @@ func TestCLIScheduleRun(t *testing.T) {
 	agePoint(t, repo, "web", 72*time.Hour)
 	old := rpIDs(t, repo, "web")
 	dry := mustVMV(t, utc, "schedule", "run", "--repo", repo, "--dry-run")
-	if !strings.Contains(dry, "web: DUE: sync due since") || !strings.Contains(dry, "sources: "+disk) ||
+	if !strings.Contains(dry, "web: DUE: sync due since") || !strings.Contains(dry, "sources of its latest recovery point: "+disk) ||
 		!strings.Contains(dry, "then: forget by the retention range") {
 		t.Errorf("dry run:\n%s", dry)
 	}
@@ -221,7 +221,7 @@ func copyFileT(t *testing.T, src, dst string) {
 // modes, examples) and bad flags fail with one line.
 func TestCLIScheduleHelp(t *testing.T) {
 	out := mustVMV(t, nil, "schedule", "run", "--help")
-	for _, want := range []string{"latest recovery point", "--once", "--dry-run", "SIGTERM", "Examples:", "vmvault schedule run --repo /srv/vmvault --once"} {
+	for _, want := range []string{"latest recovery point", "vmvault group sources", "--once", "--dry-run", "SIGTERM", "Examples:", "vmvault schedule run --repo /srv/vmvault --once"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("schedule run --help lacks %q", want)
 		}

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -26,7 +28,8 @@ func newGroupCmd() *cobra.Command {
   schedule          sync frequency (15m to 24h), daily recovery point times,
                     express full backups; times are the server's local time.
                     "vmvault schedule run" runs it (a service, or --once from
-                    cron); each member backs up the sources of its latest
+                    cron); each member backs up the sources set with
+                    "vmvault group sources", else those of its latest
                     recovery point
 
 Groups live in the repository catalog (catalog/groups/<name>.json). A VM is in
@@ -36,12 +39,13 @@ Recovery points record the group their VM was in when they were made.`,
 		Example: `  vmvault group create prod --repo /srv/vmvault --retention-days 14 --sync-frequency 15m --rp-times 08:00,20:00 --express-full "Sun 02:00"
   vmvault backup --repo /srv/vmvault --vm web01 --group prod /vms/web01
   vmvault group add prod --repo /srv/vmvault db01 app01
+  vmvault group sources --repo /srv/vmvault db01 /vms2/db01
   vmvault group show prod --repo /srv/vmvault
   vmvault schedule run --repo /srv/vmvault --dry-run
   vmvault forget --repo /srv/vmvault --group prod --dry-run`,
 	}
 	cmd.AddCommand(newGroupCreateCmd(), newGroupAddCmd(), newGroupRemoveCmd(), newGroupListCmd(),
-		newGroupShowCmd(), newGroupDeleteCmd())
+		newGroupShowCmd(), newGroupDeleteCmd(), newGroupSourcesCmd())
 	return cmd
 }
 
@@ -306,6 +310,149 @@ takes every member out. Recovery points are never deleted by this: they stay
 	rf.register(cmd)
 	cmd.Flags().BoolVar(&force, "force", false, "delete even with members (they leave the group)")
 	return cmd
+}
+
+func newGroupSourcesCmd() *cobra.Command {
+	var (
+		rf      repoFlags
+		doClear bool
+		asJSON  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "sources VM [PATH...] --repo DIR [--clear] [--json]",
+		Short: "Show or set what the scheduler backs a VM up from",
+		Long: `Show or set the sources of a VM's scheduled backups ("vmvault schedule run").
+
+Without an override, a scheduled backup reads what the VM's latest recovery
+point was made from: the disk files and VM folders last given to "vmvault
+backup". An override, stored in the VM's catalog record, replaces them: a VM
+that moved is followed without a manual backup. A manual "vmvault backup"
+does not change the override, and the override wins over it for scheduled
+backups until --clear.
+
+  VM                 show the sources and where they come from ("vm": the
+                     override; "latest-rp": the latest recovery point, whose
+                     manifest is read, so an encrypted repository needs the
+                     password)
+  VM PATH...         set the override: disk files (.vhdx, .avhdx, raw) and
+                     Hyper-V VM folders (scanned again at every backup).
+                     Relative paths are made absolute here, against the
+                     current directory; paths need not exist yet (a warning
+                     says so, and "schedule run --dry-run" shows missing ones)
+  VM --clear         remove the override: back to the latest recovery point's
+
+The VM is a name or GUID the catalog knows: a VM enters it with its first
+backup. With --json, a VM alone prints {"vm", "vm_guid", "group", "sources",
+"sources_from", "rp"}; with PATHs or --clear, the VM record as stored.`,
+		Example: `  vmvault group sources --repo /srv/vmvault web01
+  vmvault group sources --repo /srv/vmvault web01 /vms2/web01
+  vmvault group sources --repo /srv/vmvault db01 /vms/db01/disk0.vhdx /vms/db01/logs.vhdx
+  vmvault group sources --repo /srv/vmvault web01 --clear
+  vmvault schedule run --repo /srv/vmvault --dry-run --json | jq '.members[] | {vm, sources, sources_from}'`,
+		Args: minArgs(1, "give the VM (and PATHs to set its sources)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cat, err := rf.catalog()
+			if err != nil {
+				return err
+			}
+			vm, paths := args[0], args[1:]
+			switch {
+			case doClear && len(paths) > 0:
+				return fmt.Errorf("give PATHs or --clear, not both")
+			case doClear:
+				v, err := cat.ClearVMSources(vm)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(cmd.OutOrStdout(), v)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "cleared the sources of %s (%s): scheduled backups read those of its latest recovery point\n", v.Name, v.GUID)
+				return nil
+			case len(paths) > 0:
+				return setVMSources(cmd, cat, vm, paths, asJSON)
+			}
+			return showVMSources(cmd, &rf, cat, vm, asJSON)
+		},
+	}
+	rf.register(cmd)
+	cmd.Flags().BoolVar(&doClear, "clear", false, "remove the override (back to the latest recovery point's sources)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "JSON output")
+	return cmd
+}
+
+// setVMSources stores paths, made absolute against the current directory
+// (the scheduler's service has another one), as vm's source override.
+func setVMSources(cmd *cobra.Command, cat *engine.Catalog, vm string, paths []string, asJSON bool) error {
+	abs := make([]string, len(paths))
+	for i, p := range paths {
+		if p == "" {
+			// filepath.Abs would make it the current directory.
+			return fmt.Errorf("source %d is an empty path", i+1)
+		}
+		a, err := filepath.Abs(p)
+		if err != nil {
+			return fmt.Errorf("source %s: %w", p, err)
+		}
+		abs[i] = a
+	}
+	v, err := cat.SetVMSources(vm, abs)
+	if err != nil {
+		return err
+	}
+	for _, p := range v.Sources {
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s does not exist now: scheduled backups of %s fail until it does\n", p, v.Name)
+		}
+	}
+	if asJSON {
+		return printJSON(cmd.OutOrStdout(), v)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "set the sources of %s (%s)\n", v.Name, v.GUID)
+	printSources(cmd.OutOrStdout(), &engine.SourcesView{VM: v.Name, VMGUID: v.GUID, Group: v.Group,
+		Sources: v.Sources, SourcesFrom: engine.SourcesFromVM})
+	return nil
+}
+
+// showVMSources prints what a scheduled backup of vm reads. The override
+// needs only the catalog; the latest recovery point's sources are in its
+// manifest, so only then is the repository opened.
+func showVMSources(cmd *cobra.Command, rf *repoFlags, cat *engine.Catalog, vm string, asJSON bool) error {
+	sv, err := cat.VMSourceOverride(vm)
+	if err != nil {
+		return err
+	}
+	if sv == nil {
+		repo, err := rf.open()
+		if err != nil {
+			return err
+		}
+		defer repo.Close()
+		if sv, err = repo.VMSources(cmd.Context(), vm); err != nil {
+			return err
+		}
+	}
+	if asJSON {
+		return printJSON(cmd.OutOrStdout(), sv)
+	}
+	printSources(cmd.OutOrStdout(), sv)
+	return nil
+}
+
+// printSources prints a SourcesView: where the sources come from, one
+// path a line.
+func printSources(w io.Writer, sv *engine.SourcesView) {
+	from := "set for it (vmvault group sources; --clear goes back to its latest recovery point's)"
+	if sv.SourcesFrom == engine.SourcesFromLatestRP {
+		from = "of its latest recovery point " + sv.RP
+	}
+	fmt.Fprintf(w, "%s (%s): scheduled backups read the sources %s:\n", sv.VM, sv.VMGUID, from)
+	for _, p := range sv.Sources {
+		fmt.Fprintf(w, "  %s\n", p)
+	}
+	if sv.Group == "" {
+		fmt.Fprintf(w, "%s is in no protection group: the scheduler does not back it up (vmvault group add GROUP %s)\n", sv.VM, sv.VM)
+	}
 }
 
 // scheduleText renders a group's schedule in one line.

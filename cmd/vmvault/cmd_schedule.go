@@ -70,13 +70,17 @@ An express full reads and chunks everything; otherwise the backup is
 incremental. A member whose backup failed is tried again --retry-after
 later (default 30m), not in every pass.
 
-What is backed up: the sources of the member's latest recovery point, that
-is the disk files and VM folders last given to "vmvault backup" (absolute
-paths; --dry-run and "vmvault rp show --json" list them). A VM folder is
-scanned again, so new disks and checkpoints are included. So every VM gets
-its first backup by hand, which also puts it in its group:
+What is backed up: the sources set for the VM with "vmvault group sources"
+when there are any, otherwise the sources of the member's
+latest recovery point, that is the disk files and VM folders last given to
+"vmvault backup" (absolute paths; --dry-run and "vmvault rp show --json"
+list them). A VM folder is scanned again, so new disks and checkpoints are
+included. So every VM gets its first backup by hand, which also puts it in
+its group:
   vmvault backup --repo /srv/vmvault --vm web01 --group prod /vms/web01
-A member without a recovery point is reported as failed.
+or its sources set (a VM that moved, or whose first backup failed):
+  vmvault group sources --repo /srv/vmvault web01 /vms2/web01
+A member with neither is reported as failed.
 
 Retention: after its backups, each group that got a new recovery point is
 forgotten by its retention range (as "vmvault forget --group G"); --prune
@@ -422,7 +426,11 @@ func printSchedulePlan(w io.Writer, p *engine.SchedulePlan) {
 			fmt.Fprintf(w, "  %s: %s: %s\n", m.VM, state, m.Reason)
 			switch {
 			case len(m.Sources) > 0:
-				fmt.Fprintf(w, "    sources: %s\n", strings.Join(m.Sources, " "))
+				from := "of its latest recovery point"
+				if m.SourcesFrom == engine.SourcesFromVM {
+					from = "set for it (vmvault group sources)"
+				}
+				fmt.Fprintf(w, "    sources %s: %s\n", from, strings.Join(m.Sources, " "))
 				if len(m.MissingSources) > 0 {
 					fmt.Fprintf(w, "    missing now: %s (its backup will fail)\n", strings.Join(m.MissingSources, " "))
 				}
