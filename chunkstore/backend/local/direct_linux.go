@@ -29,21 +29,24 @@ import (
 // our buffer. Reads stay buffered.
 //
 // O_DIRECT needs the buffer address, file offset and length aligned to the
-// device's logical block size. Objects are copied through a 4 KiB-aligned
-// buffer, and the last piece is padded to the alignment and the file
-// truncated to its size before the fsync (the file is still a temp file).
-// A filesystem that refuses O_DIRECT (tmpfs before Linux 6.6, some FUSE
-// filesystems) or a larger alignment turns it off for the backend, and the
-// write goes on buffered from the same buffer: nothing is read twice.
+// device's logical block size (4 KiB covers every device). A source given as
+// backend.Buffers has its aligned slices written from where they are (a
+// shard's data is a slice of the aligned pack buffer); everything else is
+// gathered in a 4 KiB-aligned buffer. The last piece is padded to the
+// alignment and the file truncated to its size before the fsync (it is
+// still a temp file). A filesystem that refuses O_DIRECT (tmpfs before
+// Linux 6.6, some FUSE filesystems) or a larger alignment turns it off for
+// the backend, and the write goes on buffered: nothing is read twice.
 
 const (
 	directAlign = 4096
 	// directMin: smaller objects (headers, small test objects) are not worth
 	// a padded write and a truncate.
 	directMin = 256 << 10
-	// directBufSize is the unit of one synchronous O_DIRECT write. Shards are
-	// written in parallel (one goroutine per shard), which keeps the device
-	// busy while each write waits.
+	// directBufSize is the gathering buffer: the unit of one synchronous
+	// O_DIRECT write of what is not written in place. Shards are written in
+	// parallel (one goroutine per shard), which keeps the device busy while
+	// each write waits.
 	directBufSize = 1 << 20
 )
 
@@ -57,8 +60,8 @@ var directBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-// testDirectUnsupported makes the first O_DIRECT write fail as on a
-// filesystem without O_DIRECT, so tests cover the fallback.
+// testDirectUnsupported makes O_DIRECT writes fail as on a filesystem
+// without O_DIRECT, so tests cover the fallback.
 var testDirectUnsupported = false
 
 // writeContents writes exactly size bytes of r to the new, empty file f.
