@@ -70,7 +70,12 @@ func Mount(t *mount.Tree, dir string, o Options) (*Server, error) {
 			// and latest is a new inode when it moves (mount.Node.Ino).
 			// Without it every path through latest cost a READLINK.
 			EnableSymlinkCaching: true,
-			Debug:                o.Debug,
+			// Replies are in memory (lent cache blocks, decoded bytes):
+			// splicing them means one more copy into a pipe, and a 1 MiB
+			// read plus its header is more than the default pipe-max-size,
+			// so go-fuse logged "trySplice" and fell back anyway.
+			DisableSplice: true,
+			Debug:         o.Debug,
 		},
 		EntryTimeout:   &long,
 		AttrTimeout:    &long,
