@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/vmvault/vmvault/chunkstore/shard"
+	"github.com/vmvault/vmvault/chunkstore/backend"
 )
 
 // Pack format: many chunk blobs and a self-describing trailer, so that the
@@ -88,7 +88,7 @@ func getPackBuf(capacity int) []byte {
 		}
 	}
 	// Aligned: its data shards are written from it with O_DIRECT.
-	return shard.AlignedBuffer(capacity)[:0]
+	return backend.AlignedBuffer(capacity)[:0]
 }
 
 // release recycles the pack's buffer. Call it only when nothing can read

@@ -1,6 +1,23 @@
 package backend
 
-import "io"
+import (
+	"io"
+	"unsafe"
+)
+
+// DirectAlign is the memory, offset and length alignment of direct
+// (O_DIRECT) I/O that every device accepts.
+const DirectAlign = 4096
+
+// AlignedBuffer returns a zeroed n-byte buffer at a DirectAlign-aligned
+// address. Shard data in such memory can be written with O_DIRECT without a
+// copy (backend/local); pack, padding and parity buffers are allocated with
+// it.
+func AlignedBuffer(n int) []byte {
+	b := make([]byte, n+DirectAlign)
+	skip := int(-uintptr(unsafe.Pointer(&b[0])) & (DirectAlign - 1))
+	return b[skip : skip+n : skip+n]
+}
 
 // Buffers is an io.Reader over byte slices read in order, like an
 // io.MultiReader of bytes.Readers, that a backend may also take as the

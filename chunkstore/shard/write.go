@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"unsafe"
 
 	"github.com/klauspost/reedsolomon"
 
@@ -98,12 +97,12 @@ func splitPack(pack []byte, k, m, s int) [][]byte {
 		case lo+s <= len(pack):
 			shards[i] = pack[lo : lo+s : lo+s]
 		case lo < len(pack):
-			b := AlignedBuffer(s)
+			b := backend.AlignedBuffer(s)
 			copy(b, pack[lo:])
 			shards[i] = b
 		default:
 			if zero == nil {
-				zero = AlignedBuffer(s)
+				zero = backend.AlignedBuffer(s)
 			}
 			shards[i] = zero
 		}
@@ -123,17 +122,7 @@ func getParityBuf(n int) []byte {
 	if bp, ok := parityBufs.Get().(*[]byte); ok && cap(*bp) >= n {
 		return (*bp)[:n]
 	}
-	return AlignedBuffer(n)
-}
-
-// AlignedBuffer returns a zeroed n-byte buffer at a 4 KiB-aligned address.
-// Shard data in such memory can be written with O_DIRECT without a copy
-// (backend/local); pack, padding and parity buffers are allocated with it.
-func AlignedBuffer(n int) []byte {
-	const align = 4096
-	b := make([]byte, n+align)
-	skip := int(-uintptr(unsafe.Pointer(&b[0])) & (align - 1))
-	return b[skip : skip+n : skip+n]
+	return backend.AlignedBuffer(n)
 }
 
 // recycleParity returns parity buffers once their shards are written (the

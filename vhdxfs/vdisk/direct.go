@@ -56,12 +56,15 @@ func (w *DirectWriter) WriteAt(p []byte, off int64) (n int, direct bool, err err
 	return n, true, err
 }
 
-// Close closes the O_DIRECT descriptor (not the file).
+// Close closes the O_DIRECT descriptor (not the file). Only the first call
+// does anything, so a caller may close early and still defer it.
 func (w *DirectWriter) Close() error {
-	if w.direct == nil {
+	d := w.direct
+	if d == nil {
 		return nil
 	}
-	return w.direct.Close()
+	w.direct = nil
+	return d.Close()
 }
 
 // AlignedBuffer returns a zeroed n-byte buffer whose address suits direct

@@ -39,7 +39,7 @@ import (
 // the backend, and the write goes on buffered: nothing is read twice.
 
 const (
-	directAlign = 4096
+	directAlign = backend.DirectAlign
 	// directMin: smaller objects (headers, small test objects) are not worth
 	// a padded write and a truncate.
 	directMin = 256 << 10
@@ -51,12 +51,7 @@ const (
 )
 
 var directBufs = sync.Pool{New: func() any {
-	b := make([]byte, directBufSize+directAlign)
-	off := int(uintptr(unsafe.Pointer(&b[0])) & (directAlign - 1))
-	if off != 0 {
-		off = directAlign - off
-	}
-	b = b[off : off+directBufSize : off+directBufSize]
+	b := backend.AlignedBuffer(directBufSize)
 	return &b
 }}
 

@@ -186,13 +186,7 @@ func TestPrefetchLoadsPageCache(t *testing.T) {
 // alignedCopy returns a copy of b in 4 KiB-aligned memory, shifted by skew
 // bytes (skew 0: aligned).
 func alignedCopy(b []byte, skew int) []byte {
-	m := (*directBufs.New().(*[]byte))[:0]
-	if len(b)+skew > cap(m) {
-		big := make([]byte, len(b)+skew+directAlign)
-		off := int(-uintptr(unsafe.Pointer(&big[0])) & (directAlign - 1))
-		m = big[off:off]
-	}
-	m = m[:skew+len(b)]
+	m := backend.AlignedBuffer(skew + len(b))
 	copy(m[skew:], b)
 	return m[skew:]
 }
