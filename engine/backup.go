@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,7 +52,7 @@ type BackupOptions struct {
 	// block to hold a bandwidth budget (throttle.Limiter.WaitN fits).
 	Limit func(ctx context.Context, n int) error
 	// Workers is the number of segments processed at once (default
-	// max(2, GOMAXPROCS+1): while one waits for a read the others chunk).
+	// max(2, CPUs+1): while one waits for a read the others chunk).
 	Workers int
 	// now is the clock (tests).
 	now func() time.Time
@@ -279,7 +278,7 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 		// One more than the cores: a worker waiting for a source read
 		// (page-cache miss) leaves the others enough to keep every core
 		// busy.
-		workers = max(2, runtime.GOMAXPROCS(0)+1)
+		workers = max(2, cpus+1)
 	}
 	stages.Workers = workers
 	clock := &stageClock{}

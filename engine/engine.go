@@ -138,7 +138,9 @@ func Init(dir string, o InitOptions) error {
 // OpenOptions tune Open.
 type OpenOptions struct {
 	Password []byte
-	// Workers for the chunkstore (hash/compress); 0 = GOMAXPROCS.
+	// Workers for the chunkstore (hash/compress); 0 = GOMAXPROCS (twice
+	// the CPUs in cmd/vmvault, see IOProcs: measured a little faster than
+	// one per CPU, as a worker may wait to hand a sealed pack to a writer).
 	Workers int
 	// CacheBytes bounds the chunkstore's cache of decoded 64 KiB frames
 	// (what random reads decode); 0 = the chunkstore default (64 MiB).

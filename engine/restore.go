@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -297,7 +296,7 @@ const restorePiece = 1 << 20
 const restoreWindow = 8 << 20
 
 // restoreWorkers is the number of chunks decoded at once in a restore.
-func restoreWorkers() int { return max(2, runtime.GOMAXPROCS(0)+2) }
+func restoreWorkers() int { return max(2, cpus+2) }
 
 // parallelReader splits large reads into pieces read concurrently.
 type parallelReader struct {

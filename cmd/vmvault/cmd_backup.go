@@ -65,6 +65,7 @@ create); a VM already in another group is refused.`,
 				return err
 			}
 			defer repo.Close()
+			limitBackupMemory()
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			o.Sources = args

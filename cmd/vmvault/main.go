@@ -7,9 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
+
+	"github.com/vmvault/vmvault/engine"
 )
 
 func main() {
+	// More Ps than CPUs, so that goroutines blocked in shard writes and
+	// source reads do not leave a core idle (engine.IOProcs says why). A
+	// GOMAXPROCS set in the environment is the administrator's choice.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(engine.IOProcs())
+	}
 	if err := newRootCmd().Execute(); err != nil {
 		var fe *forwardedExit
 		if errors.As(err, &fe) {
