@@ -29,7 +29,11 @@ import (
 
 // Benchmarks. Run one at a time on a quiet machine, e.g.
 //
-//	go test ./chunkstore -run '^$' -bench BenchmarkIngest$ -benchtime 3x
+//	go test ./chunkstore -run '^$' -bench BenchmarkIngest$ -benchtime 3x -cpu 4
+//
+// -cpu 4 on 2 cores is how vmvault runs (GOMAXPROCS twice the CPUs,
+// engine.IOProcs): a goroutine blocked in a shard write keeps its P, and
+// with GOMAXPROCS = CPUs a core idles meanwhile. `make bench-micro` does so.
 //
 // Sizes: VMVAULT_BENCH_MB (default 256) of OS-like data from /usr.
 
