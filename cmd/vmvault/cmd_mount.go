@@ -26,6 +26,7 @@ func newMountCmd() *cobra.Command {
 		debug      bool
 		cacheSize  string
 		readAhead  string
+		pf         profileFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "mount --repo DIR MOUNTPOINT",
@@ -81,6 +82,10 @@ vmvault files.`,
 			blocks := max(size/2, 4<<20)
 			rf.frameCache = frames
 			setMountMemoryLimit(size)
+			if err := pf.start(); err != nil {
+				return err
+			}
+			defer pf.stop()
 			repo, err := rf.open()
 			if err != nil {
 				return err
@@ -105,6 +110,7 @@ vmvault files.`,
 		},
 	}
 	rf.register(cmd)
+	pf.register(cmd)
 	cmd.Flags().BoolVar(&allowOther, "allow-other", false, "let other users see the mount (their access is checked against the guest permissions)")
 	cmd.Flags().StringVar(&cacheSize, "cache-size", "256M", "memory for decoded disk data shared by all open files (e.g. 512M, 2G)")
 	cmd.Flags().StringVar(&readAhead, "read-ahead", "8M", "how far ahead sequential readers are served in the background (0 disables; helps most when the pools are on slow disks)")

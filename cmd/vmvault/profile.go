@@ -11,7 +11,7 @@ import (
 )
 
 // profileFlags are hidden admin/debug flags of the data commands (backup,
-// restore): Go pprof profiles of one run, for `go tool pprof`.
+// restore, mount): Go pprof profiles of one run, for `go tool pprof`.
 type profileFlags struct {
 	cpu, block, mutex, mem, trace string
 
