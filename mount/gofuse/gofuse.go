@@ -40,12 +40,17 @@ const (
 type Options struct {
 	AllowOther bool // let other users see the mount (adds default_permissions)
 	Debug      bool // log every FUSE request
+
+	// openRequests keeps answering OPEN with a handle, as on a kernel
+	// without FUSE_NO_OPEN_SUPPORT (tests of that path).
+	openRequests bool
 }
 
 // Server is a mounted tree.
 type Server struct {
 	srv *fuse.Server
 	dir string
+	hc  *handleCache
 }
 
 // Mount mounts t read-only at dir and starts serving it in the background.
@@ -89,13 +94,18 @@ func Mount(t *mount.Tree, dir string, o Options) (*Server, error) {
 		// kernel instead of reading everything.
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "default_permissions")
 	}
-	root := &node{n: t.Root()}
+	hc := newHandleCache(maxSharedHandles)
+	root := &node{n: t.Root(), hc: hc}
 	srv, err := gofs.Mount(abs, root, opts)
 	if err != nil {
 		return nil, fmt.Errorf("mount: %s: %w", abs, err)
 	}
+	// Files are opened without OPEN requests where the kernel supports it
+	// (handles.go); the INIT exchange is over once Mount returns.
+	ks := srv.KernelSettings()
+	hc.noOpen.Store(ks != nil && ks.Flags64()&fuse.CAP_NO_OPEN_SUPPORT != 0 && !o.openRequests)
 	setReadAhead(abs, readAheadKB)
-	return &Server{srv: srv, dir: abs}, nil
+	return &Server{srv: srv, dir: abs, hc: hc}, nil
 }
 
 // readAheadKB is the kernel read-ahead of the mount. The kernel caps the
@@ -122,7 +132,10 @@ func setReadAhead(dir string, kb int) {
 func (s *Server) Dir() string { return s.dir }
 
 // Wait blocks until the file system is unmounted and the server stopped.
-func (s *Server) Wait() { s.srv.Wait() }
+func (s *Server) Wait() {
+	s.srv.Wait()
+	s.hc.closeAll()
+}
 
 // Unmount unmounts the file system. When files are still open (EBUSY) it
 // detaches it lazily instead: the mount point is free at once and the
@@ -131,6 +144,7 @@ func (s *Server) Unmount() error {
 	var err error
 	for i := 0; i < 3; i++ {
 		if err = s.srv.Unmount(); err == nil {
+			s.hc.closeAll()
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -179,7 +193,8 @@ func errno(err error) syscall.Errno {
 // node is the one inode type: a mount.Node plus go-fuse's Inode.
 type node struct {
 	gofs.Inode
-	n *mount.Node
+	n  *mount.Node
+	hc *handleCache
 }
 
 var (
@@ -195,6 +210,7 @@ var (
 	_ = (gofs.NodeFlusher)((*node)(nil))
 	_ = (gofs.NodeGetxattrer)((*node)(nil))
 	_ = (gofs.NodeListxattrer)((*node)(nil))
+	_ = (gofs.NodeOnForgetter)((*node)(nil))
 )
 
 func timeout(n *mount.Node) time.Duration {
@@ -238,7 +254,7 @@ func (x *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	out.SetEntryTimeout(timeout(c))
 	out.SetAttrTimeout(timeout(c))
 	st := gofs.StableAttr{Mode: mount.UnixMode(fi.Mode) & syscall.S_IFMT, Ino: c.Ino()}
-	return x.NewInode(ctx, &node{n: c}, st), 0
+	return x.NewInode(ctx, &node{n: c, hc: x.hc}, st), 0
 }
 
 func (x *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
@@ -294,6 +310,11 @@ func (x *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	x.hc.opens.Add(1)
+	if x.hc.noOpen.Load() {
+		// The kernel opens files itself from now on (handles.go).
+		return nil, 0, syscall.ENOSYS
+	}
 	h, err := x.n.Open(ctx)
 	if err != nil {
 		return nil, 0, errno(err)
@@ -304,14 +325,17 @@ func (x *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 }
 
 func (x *node) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	fh, ok := f.(*handle)
-	if !ok {
-		return nil, syscall.EBADF
+	h, done, e := x.handle(ctx, f)
+	if e != 0 {
+		return nil, e
 	}
-	if bufs, release, ok := fh.h.Lend(off, len(dest)); ok {
+	defer done()
+	// A lent block stays valid after done: the loan holds the cache
+	// block, not the handle.
+	if bufs, release, ok := h.Lend(off, len(dest)); ok {
 		return &lentResult{bufs: bufs, release: release}, 0
 	}
-	n, err := fh.h.ReadAt(dest, off)
+	n, err := h.ReadAt(dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, errno(err)
 	}
@@ -358,17 +382,21 @@ func (r *lentResult) Done() {
 // Lseek answers SEEK_DATA/SEEK_HOLE from the allocation map, so sparse
 // copies of a .raw skip its holes without reading them.
 func (x *node) Lseek(ctx context.Context, f gofs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
-	fh, ok := f.(*handle)
-	if !ok {
-		return 0, syscall.EBADF
+	if whence != seekData && whence != seekHole {
+		return 0, syscall.EINVAL
 	}
+	h, done, e := x.handle(ctx, f)
+	if e != 0 {
+		return 0, e
+	}
+	defer done()
 	var r int64
 	var err error
 	switch whence {
 	case seekData:
-		r, err = fh.h.SeekData(int64(off))
+		r, err = h.SeekData(int64(off))
 	case seekHole:
-		r, err = fh.h.SeekHole(int64(off))
+		r, err = h.SeekHole(int64(off))
 	default:
 		return 0, syscall.EINVAL
 	}
@@ -399,6 +427,27 @@ func (x *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 func (x *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
 	return 0, syscall.ENOSYS
 }
+
+// handle returns the tree handle a request works on: the one OPEN made,
+// or without one (the kernel opened the file itself, handles.go) the
+// node's shared handle. done ends the use.
+func (x *node) handle(ctx context.Context, f gofs.FileHandle) (h *mount.Handle, done func(), e syscall.Errno) {
+	if fh, ok := f.(*handle); ok {
+		return fh.h, func() {}, 0
+	}
+	if f != nil {
+		return nil, nil, syscall.EBADF
+	}
+	sh, err := x.hc.acquire(ctx, x)
+	if err != nil {
+		return nil, nil, errno(err)
+	}
+	return sh.h, func() { x.hc.release(sh) }, 0
+}
+
+// OnForget closes the node's shared handle: the kernel dropped the inode,
+// so no request for it will come.
+func (x *node) OnForget() { x.hc.forget(x) }
 
 func (x *node) Release(ctx context.Context, f gofs.FileHandle) syscall.Errno {
 	if fh, ok := f.(*handle); ok {
