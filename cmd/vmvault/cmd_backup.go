@@ -65,7 +65,7 @@ create); a VM already in another group is refused.`,
 				return err
 			}
 			defer repo.Close()
-			limitBackupMemory()
+			limitBackupMemory(o.Workers)
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
 			o.Sources = args
@@ -130,7 +130,7 @@ create); a VM already in another group is refused.`,
 	cmd.Flags().BoolVar(&o.KeepPagefile, "keep-pagefile", false, "back up pagefile.sys/hiberfil.sys/swapfile.sys data too (by default left out of NTFS volumes, restored as zeros)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the recovery point as JSON")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
-	cmd.Flags().IntVar(&o.Workers, "workers", 0, "segments processed at once (default GOMAXPROCS+1)")
+	cmd.Flags().IntVar(&o.Workers, "workers", 0, "segments processed at once (default: CPUs+1)")
 	_ = cmd.Flags().MarkHidden("workers")
 	cmd.Flags().BoolVarP(&verb, "verbose", "v", false, "print where the time went, stage by stage (also in --json as \"stages\")")
 	return cmd

@@ -283,7 +283,7 @@ func (sr *scheduleRun) runDue(ctx context.Context) (*engine.ScheduleReport, erro
 		return nil, fmt.Errorf("schedule: %d member(s) due: %w", len(p.Due()), err)
 	}
 	defer repo.Close()
-	limitBackupMemory()
+	limitBackupMemory(0)
 	rep, err := sr.s.Run(ctx, repo, p)
 	if err != nil {
 		return nil, err
