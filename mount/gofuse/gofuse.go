@@ -211,6 +211,7 @@ var (
 	_ = (gofs.NodeGetxattrer)((*node)(nil))
 	_ = (gofs.NodeListxattrer)((*node)(nil))
 	_ = (gofs.NodeOnForgetter)((*node)(nil))
+	_ = (gofs.NodeOpendirHandler)((*node)(nil))
 )
 
 func timeout(n *mount.Node) time.Duration {
@@ -276,6 +277,70 @@ func (x *node) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		ents = append(ents, fuse.DirEntry{Name: k.Name(), Mode: mount.UnixMode(k.Mode()), Ino: k.Ino()})
 	}
 	return gofs.NewListDirStream(ents), 0
+}
+
+// OpendirHandle lets the kernel cache the listing of a directory inside a
+// recovery point (FOPEN_CACHE_DIR): it never changes, so a second ls, find
+// or cp -a of it needs no READDIRPLUS. The root, VM directories and
+// anything else volatile are listed anew each time (new recovery points).
+func (x *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	var fl uint32
+	if !x.n.Volatile() {
+		fl = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+	}
+	return &dirHandle{x: x}, fl, 0
+}
+
+// dirHandle is an open directory: its listing, made by the first read.
+type dirHandle struct {
+	x  *node
+	ds gofs.DirStream
+}
+
+var (
+	_ = (gofs.FileReaddirenter)((*dirHandle)(nil))
+	_ = (gofs.FileSeekdirer)((*dirHandle)(nil))
+	_ = (gofs.FileReleasedirer)((*dirHandle)(nil))
+)
+
+func (d *dirHandle) stream(ctx context.Context) syscall.Errno {
+	if d.ds != nil {
+		return 0
+	}
+	d.x.hc.listings.Add(1)
+	ds, e := d.x.Readdir(ctx)
+	if e != 0 {
+		return e
+	}
+	d.ds = ds
+	return 0
+}
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if e := d.stream(ctx); e != 0 {
+		return nil, e
+	}
+	if !d.ds.HasNext() {
+		return nil, 0
+	}
+	de, e := d.ds.Next()
+	return &de, e
+}
+
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	if e := d.stream(ctx); e != 0 {
+		return e
+	}
+	if sd, ok := d.ds.(gofs.FileSeekdirer); ok {
+		return sd.Seekdir(ctx, off)
+	}
+	return syscall.ENOTSUP
+}
+
+func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
+	if d.ds != nil {
+		d.ds.Close()
+	}
 }
 
 func (x *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {

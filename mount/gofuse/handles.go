@@ -47,8 +47,9 @@ type handleCache struct {
 	// ENOSYS. Set once after the mount; OPENs before that open handles
 	// as before.
 	noOpen atomic.Bool
-	// opens counts OPEN requests served (tests: with noOpen at most one).
-	opens atomic.Int64
+	// opens counts OPEN requests served (tests: with noOpen at most one),
+	// listings the directory listings made (tests of FOPEN_CACHE_DIR).
+	opens, listings atomic.Int64
 
 	mu     sync.Mutex
 	max    int

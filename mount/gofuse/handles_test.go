@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/vmvault/vmvault/mount"
 	"github.com/vmvault/vmvault/mount/internal/fusetest"
@@ -159,5 +160,55 @@ func TestOpenRequests(t *testing.T) {
 	}
 	if n := srv.hc.open(); n != 0 {
 		t.Errorf("%d shared handles with OPEN requests answered", n)
+	}
+}
+
+// TestDirCache: the listing of a directory inside a recovery point is
+// made once and then served by the kernel (FOPEN_CACHE_DIR); a VM
+// directory is listed anew every time, so a recovery point added while
+// mounted shows at the next listing.
+func TestDirCache(t *testing.T) {
+	repo := fusetest.NewRepo(t)
+	var srv *Server
+	mnt, _, _ := fusetest.MountTree(t, mountCapture(Options{}, &srv), mount.DirSource{Root: repo.Root}, mount.Options{})
+	rp := filepath.Join(mnt, fusetest.VM1, fusetest.VM1RP1)
+	list := func(dir string) []string {
+		t.Helper()
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		return names
+	}
+	first := list(rp)
+	n0 := srv.hc.listings.Load()
+	for range 3 {
+		if got := list(rp); strings.Join(got, "/") != strings.Join(first, "/") {
+			t.Fatalf("listing changed: %v, then %v", first, got)
+		}
+	}
+	if n := srv.hc.listings.Load() - n0; n != 0 {
+		t.Errorf("3 more listings of %s made %d READDIRs, want 0 (kernel cache)", rp, n)
+	}
+	vm := filepath.Join(mnt, fusetest.VM1)
+	before := list(vm)
+	repo.AddRP(t, fusetest.VM1RP2)
+	n0 = srv.hc.listings.Load()
+	after := list(vm)
+	if srv.hc.listings.Load() == n0 {
+		t.Errorf("the VM directory was listed from the kernel's cache")
+	}
+	// The tree itself looks for new recovery points at most once a second
+	// (mount.DefaultRefresh).
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(strings.Join(after, "/"), fusetest.VM1RP2) && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		after = list(vm)
+	}
+	if !strings.Contains(strings.Join(after, "/"), fusetest.VM1RP2) || strings.Contains(strings.Join(before, "/"), fusetest.VM1RP2) {
+		t.Errorf("VM directory before %v, after adding %s %v", before, fusetest.VM1RP2, after)
 	}
 }
