@@ -90,18 +90,30 @@ func (c *handleCache) acquire(ctx context.Context, x *node) (*sharedHandle, erro
 	sh.refs++ // the cache's reference
 	sh.elem = c.lru.PushFront(sh)
 	c.byNode[x] = sh
-	var evicted []*sharedHandle
-	for c.lru.Len() > c.max {
-		old := c.lru.Back().Value.(*sharedHandle)
-		if c.unlinkLocked(old) {
-			evicted = append(evicted, old)
+	evicted := c.shrinkLocked(c.max)
+	c.mu.Unlock()
+	closeAll(evicted)
+	return sh, nil
+}
+
+// shrinkLocked unlinks the least recently used handles until at most keep
+// remain and returns those no read uses any more, for the caller to close
+// outside the lock.
+func (c *handleCache) shrinkLocked(keep int) []*sharedHandle {
+	var unused []*sharedHandle
+	for c.lru.Len() > keep {
+		sh := c.lru.Back().Value.(*sharedHandle)
+		if c.unlinkLocked(sh) {
+			unused = append(unused, sh)
 		}
 	}
-	c.mu.Unlock()
-	for _, old := range evicted {
-		old.h.Close()
+	return unused
+}
+
+func closeAll(shs []*sharedHandle) {
+	for _, sh := range shs {
+		sh.h.Close()
 	}
-	return sh, nil
 }
 
 func (c *handleCache) lookup(x *node) *sharedHandle {
@@ -153,17 +165,9 @@ func (c *handleCache) forget(x *node) {
 func (c *handleCache) closeAll() {
 	c.mu.Lock()
 	c.closed = true
-	var last []*sharedHandle
-	for c.lru.Len() > 0 {
-		sh := c.lru.Front().Value.(*sharedHandle)
-		if c.unlinkLocked(sh) {
-			last = append(last, sh)
-		}
-	}
+	unused := c.shrinkLocked(0)
 	c.mu.Unlock()
-	for _, sh := range last {
-		sh.h.Close()
-	}
+	closeAll(unused)
 }
 
 // open returns the number of handles the cache holds (tests).

@@ -172,18 +172,7 @@ func TestDirCache(t *testing.T) {
 	var srv *Server
 	mnt, _, _ := fusetest.MountTree(t, mountCapture(Options{}, &srv), mount.DirSource{Root: repo.Root}, mount.Options{})
 	rp := filepath.Join(mnt, fusetest.VM1, fusetest.VM1RP1)
-	list := func(dir string) []string {
-		t.Helper()
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		return names
-	}
+	list := func(dir string) []string { return fusetest.Names(t, dir) }
 	first := list(rp)
 	n0 := srv.hc.listings.Load()
 	for range 3 {

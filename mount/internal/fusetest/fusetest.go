@@ -237,7 +237,8 @@ func Run(t *testing.T, mf MountFunc) {
 
 func rpDir(mnt, vm, rp string) string { return filepath.Join(mnt, vm, rp) }
 
-func names(t testing.TB, dir string) []string {
+// Names lists dir, sorted.
+func Names(t testing.TB, dir string) []string {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -254,7 +255,7 @@ func names(t testing.TB, dir string) []string {
 func wantNames(t testing.TB, dir string, want ...string) {
 	t.Helper()
 	sort.Strings(want)
-	if got := names(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
+	if got := Names(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("%s: got %q, want %q", dir, got, want)
 	}
 }
@@ -582,7 +583,7 @@ func testNewRP(t *testing.T, repo *Repo, mnt string) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		target, _ := os.Readlink(filepath.Join(vmDir, "latest"))
-		got := names(t, vmDir)
+		got := Names(t, vmDir)
 		if target == VM1RP2 && strings.Join(got, "|") == strings.Join([]string{VM1RP1, VM1RP2, "latest"}, "|") {
 			break
 		}
@@ -842,11 +843,11 @@ func RunEngine(t *testing.T, mf MountFunc) {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			target, _ := os.Readlink(filepath.Join(vmDir, "latest"))
-			if target == id && strings.Join(names(t, vmDir), "|") == strings.Join([]string{repo.Disks[0].RP, id, "latest"}, "|") {
+			if target == id && strings.Join(Names(t, vmDir), "|") == strings.Join([]string{repo.Disks[0].RP, id, "latest"}, "|") {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("new recovery point %s not shown: %q, latest -> %q", id, names(t, vmDir), target)
+				t.Fatalf("new recovery point %s not shown: %q, latest -> %q", id, Names(t, vmDir), target)
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
