@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"math"
 	"path"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -40,15 +42,26 @@ tree and refuses names that would escape DEST.`,
 	return cmd
 }
 
+// filesCacheSize is the memory budget of the files commands' tree.
+const filesCacheSize = 128 << 20
+
 // openFilesTree opens the repository and its recovery tree; close closes
 // both.
 func openFilesTree(cmd *cobra.Command, rf *repoFlags) (*mount.Tree, func(), error) {
+	// The mount's memory bounds, at a smaller budget: a copy reads ahead
+	// sequentially and needs little cache. Without them a copy of a folder
+	// of 15 k files peaked at 640 MiB RSS.
+	frames, blocks := treeCaches(filesCacheSize)
+	rf.frameCache = frames
+	if debug.SetMemoryLimit(-1) == math.MaxInt64 {
+		debug.SetMemoryLimit(filesCacheSize + mountMemoryOverhead)
+	}
 	repo, err := rf.open()
 	if err != nil {
 		return nil, nil, err
 	}
 	logger := log.New(cmd.ErrOrStderr(), "", 0)
-	tree := mount.New(mount.EngineSource{Repo: repo}, mount.Options{Logf: logger.Printf})
+	tree := mount.New(mount.EngineSource{Repo: repo}, mount.Options{CacheSize: blocks, Logf: logger.Printf})
 	return tree, func() { tree.Close(); repo.Close() }, nil
 }
 

@@ -70,16 +70,7 @@ vmvault files.`,
 			if _, err := mount.CheckMountpoint(args[0]); err != nil {
 				return err
 			}
-			// --cache-size bounds the process's memory, less a fixed
-			// overhead: the Go heap is held at size + mountMemoryOverhead
-			// instead of the 2x of its live data that GOGC alone allows.
-			// The caches fill only part of it, so the collector has room:
-			// with the caches at the whole budget it ran without pause and
-			// doubled the CPU of copying a folder of small files. An
-			// eighth goes to the store's 64 KiB frames (what random reads
-			// decode), half to the tree's 1 MiB blocks.
-			frames := max(size/8, 4<<20)
-			blocks := max(size/2, 4<<20)
+			frames, blocks := treeCaches(size)
 			rf.frameCache = frames
 			setMountMemoryLimit(size)
 			if err := pf.start(); err != nil {
@@ -161,6 +152,18 @@ var mountMemoryLimit atomic.Int64
 func setMountMemoryLimit(cache int64) {
 	mountMemoryLimit.Store(cache + mountMemoryOverhead)
 	debug.SetMemoryLimit(cache + mountMemoryOverhead)
+}
+
+// treeCaches splits a recovery tree's memory budget (mount --cache-size)
+// between its caches. The budget bounds the process's memory, less a fixed
+// overhead: the Go heap is held at size + mountMemoryOverhead instead of
+// the 2x of its live data that GOGC alone allows. The caches fill only part
+// of it, so the collector has room: with the caches at the whole budget it
+// ran without pause and doubled the CPU of copying a folder of small files.
+// An eighth goes to the store's 64 KiB frames (what random reads decode),
+// half to the tree's 1 MiB blocks.
+func treeCaches(size int64) (frames, blocks int64) {
+	return max(size/8, 4<<20), max(size/2, 4<<20)
 }
 
 // mountMemoryOverhead is what a mount needs beside its caches: catalog,
