@@ -6,6 +6,9 @@
 // target stays inside the destination tree; the others are skipped and
 // reported. Files are written to a temporary name, fsynced and renamed, so
 // an interrupted copy never leaves a half-written file under its real name.
+// Several files are copied at once (Options.Workers): each waits on its
+// fsync and, from a repository, on its decode, and a folder of small files
+// is mostly that.
 package copyout
 
 import (
@@ -18,6 +21,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmvault/vmvault/vhdxfs/guest"
@@ -34,12 +38,22 @@ type Source interface {
 
 // Options tune a copy.
 type Options struct {
-	// Progress is called after each chunk of file data is written.
+	// Progress is called after each chunk of file data is written (never
+	// twice at once).
 	Progress func(bytes int64)
 	// Skipped is called for every entry not copied (unsafe symlink, special
 	// file, unsafe name), with the reason.
 	Skipped func(name, reason string)
+	// Workers is the number of files copied at once (default
+	// DefaultWorkers).
+	Workers int
 }
+
+// DefaultWorkers is the default of Options.Workers. `vmvault files cp` of
+// the reference image's ProgramData (15 k files, 270 MB) from a repository
+// not in the page cache: to an ext4 disk 4.6 s one file at a time, 3.0-3.2 s
+// with 4; to tmpfs 2.3 s and 1.65 s.
+const DefaultWorkers = 4
 
 // Stats summarises a copy.
 type Stats struct {
@@ -92,18 +106,96 @@ func Copy(ctx context.Context, s Source, src, dest string, opts Options) (Stats,
 	if err != nil {
 		return st, fmt.Errorf("copyout: %w", err)
 	}
-	c := &copier{ctx: ctx, s: s, opts: opts, st: &st, root: root}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	workers := opts.Workers
+	if workers <= 0 {
+		workers = DefaultWorkers
+	}
+	c := &copier{ctx: ctx, cancel: cancel, s: s, opts: opts, st: &st, root: root, jobs: make(chan fileJob, workers)}
+	for range workers {
+		c.wg.Add(1)
+		go c.worker()
+	}
 	err = c.copy(src, fi, root)
-	return st, err
+	close(c.jobs)
+	c.wg.Wait()
+	if werr := c.failed(); werr != nil {
+		err = werr // the first failure, not the walk's "context canceled"
+	}
+	if err != nil {
+		return st, err
+	}
+	// Directory mtimes are set after their contents, deepest first,
+	// because creating entries inside would change them again.
+	for i := len(c.dirs) - 1; i >= 0; i-- {
+		d := c.dirs[i]
+		_ = os.Chtimes(d.path, d.mt, d.mt)
+	}
+	return st, nil
 }
 
+// copier walks the source on the caller's goroutine (directories and
+// symlinks are made in walk order) and hands regular files to workers.
 type copier struct {
-	ctx  context.Context
-	s    Source
-	opts Options
-	st   *Stats
-	root string // absolute destination of the top entry
-	dirs []dirTime
+	ctx    context.Context
+	cancel context.CancelFunc
+	s      Source
+	opts   Options
+	root   string    // absolute destination of the top entry
+	dirs   []dirTime // made so far, in walk order (walker only)
+	jobs   chan fileJob
+	wg     sync.WaitGroup
+
+	mu  sync.Mutex // guards st and err, serialises opts.Progress
+	st  *Stats
+	err error // the first failure of a worker
+}
+
+// fileJob is one regular file to copy.
+type fileJob struct {
+	src string
+	fi  guest.FileInfo
+	dst string
+}
+
+func (c *copier) worker() {
+	defer c.wg.Done()
+	for j := range c.jobs {
+		if c.ctx.Err() != nil {
+			continue // a copy failed or was cancelled: drain
+		}
+		if err := c.copyFile(j.src, j.fi, j.dst); err != nil {
+			c.mu.Lock()
+			if c.err == nil {
+				c.err = err
+			}
+			c.mu.Unlock()
+			c.cancel()
+		}
+	}
+}
+
+func (c *copier) failed() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// count updates the statistics.
+func (c *copier) count(f func(st *Stats)) {
+	c.mu.Lock()
+	f(c.st)
+	c.mu.Unlock()
+}
+
+func (c *copier) progress(n int64) {
+	if c.opts.Progress == nil {
+		return
+	}
+	c.mu.Lock()
+	c.opts.Progress(n)
+	c.mu.Unlock()
 }
 
 type dirTime struct {
@@ -112,7 +204,7 @@ type dirTime struct {
 }
 
 func (c *copier) skip(name, reason string) {
-	c.st.Skipped++
+	c.count(func(st *Stats) { st.Skipped++ })
 	if c.opts.Skipped != nil {
 		c.opts.Skipped(name, reason)
 	}
@@ -124,21 +216,16 @@ func (c *copier) copy(src string, fi guest.FileInfo, dst string) error {
 	}
 	switch {
 	case fi.Mode.IsDir():
-		if err := c.copyDir(src, dst); err != nil {
-			return err
-		}
-		// Directory mtimes are set after their contents, deepest first,
-		// because creating entries inside would change them again.
-		for i := len(c.dirs) - 1; i >= 0; i-- {
-			d := c.dirs[i]
-			_ = os.Chtimes(d.path, d.mt, d.mt)
-		}
-		c.dirs = c.dirs[:0]
-		return nil
+		return c.copyDir(src, dst)
 	case fi.Mode&fs.ModeSymlink != 0:
 		return c.copyLink(src, dst)
 	case fi.Mode.IsRegular():
-		return c.copyFile(src, fi, dst)
+		select {
+		case c.jobs <- fileJob{src, fi, dst}:
+			return nil
+		case <-c.ctx.Done():
+			return c.ctx.Err()
+		}
 	}
 	c.skip(src, "not a regular file, directory or symlink")
 	return nil
@@ -152,7 +239,7 @@ func (c *copier) copyDir(src, dst string) error {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return fmt.Errorf("copyout: %w", err)
 	}
-	c.st.Dirs++
+	c.count(func(st *Stats) { st.Dirs++ })
 	c.dirs = append(c.dirs, dirTime{dst, fi.ModTime})
 	ents, err := c.s.ReadDir(src)
 	if err != nil {
@@ -199,7 +286,7 @@ func (c *copier) copyLink(src, dst string) error {
 	if err := os.Symlink(target, dst); err != nil {
 		return fmt.Errorf("copyout: %w", err)
 	}
-	c.st.Symlinks++
+	c.count(func(st *Stats) { st.Symlinks++ })
 	return nil
 }
 
@@ -219,7 +306,7 @@ func (c *copier) copyFile(src string, fi guest.FileInfo, dst string) (err error)
 			os.Remove(tmp.Name())
 		}
 	}()
-	w := &progressWriter{w: tmp, fn: c.opts.Progress, ctx: c.ctx}
+	w := &progressWriter{w: tmp, fn: c.progress, ctx: c.ctx}
 	n, err := io.Copy(w, io.NewSectionReader(f, 0, f.Size()))
 	if err != nil {
 		return fmt.Errorf("copyout: %s: %w", src, err)
@@ -239,8 +326,7 @@ func (c *copier) copyFile(src string, fi guest.FileInfo, dst string) (err error)
 	if err := os.Rename(tmp.Name(), dst); err != nil {
 		return fmt.Errorf("copyout: %w", err)
 	}
-	c.st.Files++
-	c.st.Bytes += n
+	c.count(func(st *Stats) { st.Files++; st.Bytes += n })
 	return nil
 }
 

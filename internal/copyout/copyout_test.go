@@ -3,6 +3,8 @@ package copyout
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -21,6 +23,7 @@ type memSource struct {
 	entries map[string]guest.FileInfo // path -> info
 	data    map[string][]byte
 	dirs    map[string][]string // dir -> raw child names (may be unsafe)
+	bad     string              // a file whose reads fail
 }
 
 func (m *memSource) Stat(name string) (guest.FileInfo, error) {
@@ -47,6 +50,9 @@ type memFile struct{ *bytes.Reader }
 func (memFile) Close() error { return nil }
 
 func (m *memSource) Open(name string) (guest.File, error) {
+	if name == m.bad {
+		return failingFile{}, nil
+	}
 	b, ok := m.data[name]
 	if !ok {
 		return nil, fs.ErrNotExist
@@ -138,5 +144,91 @@ func TestCopyFailureLeavesNothing(t *testing.T) {
 	ents, _ := os.ReadDir(dest)
 	if len(ents) != 0 {
 		t.Errorf("dest not empty after failed copy: %v", ents)
+	}
+}
+
+// manyFiles is a tree of n files in nested folders (dir/dNN/fNNN), each
+// holding its own name repeated; bad names a file whose reads fail.
+func manyFiles(n int, bad string) *memSource {
+	mt := time.Date(2021, 5, 6, 7, 8, 9, 0, time.UTC)
+	m := &memSource{
+		entries: map[string]guest.FileInfo{".": {Name: ".", Mode: fs.ModeDir | 0o755, ModTime: mt}, "dir": {Name: "dir", Mode: fs.ModeDir | 0o755, ModTime: mt}},
+		data:    map[string][]byte{},
+		dirs:    map[string][]string{".": {"dir"}},
+	}
+	for i := range n {
+		d := fmt.Sprintf("d%02d", i%10)
+		dp := "dir/" + d
+		if _, ok := m.entries[dp]; !ok {
+			m.entries[dp] = guest.FileInfo{Name: d, Mode: fs.ModeDir | 0o750, ModTime: mt.Add(time.Duration(i) * time.Hour)}
+			m.dirs["dir"] = append(m.dirs["dir"], d)
+		}
+		f := fmt.Sprintf("f%03d", i)
+		p := dp + "/" + f
+		body := bytes.Repeat([]byte(p+";"), 1+i*37)
+		m.entries[p] = guest.FileInfo{Name: f, Mode: 0o640, Size: int64(len(body)), ModTime: mt.Add(time.Duration(i) * time.Minute)}
+		m.data[p] = body
+		m.dirs[dp] = append(m.dirs[dp], f)
+	}
+	if bad != "" {
+		m.bad = bad
+	}
+	return m
+}
+
+// TestCopyManyFilesAtOnce: 300 files in 10 folders copied by 8 workers
+// arrive whole, with their modes and mtimes, the folders' mtimes set after
+// their contents, the statistics and progress summed exactly once.
+func TestCopyManyFilesAtOnce(t *testing.T) {
+	src := manyFiles(300, "")
+	dest := t.TempDir()
+	var progress int64
+	st, err := Copy(context.Background(), src, "dir", dest, Options{Workers: 8, Progress: func(n int64) { progress += n }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want int64
+	for p, b := range src.data {
+		want += int64(len(b))
+		got, err := os.ReadFile(filepath.Join(dest, filepath.FromSlash(p)))
+		if err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("%s: %d bytes, %v; want %d", p, len(got), err, len(b))
+		}
+		fi, _ := os.Stat(filepath.Join(dest, filepath.FromSlash(p)))
+		if e := src.entries[p]; !fi.ModTime().Equal(e.ModTime) || fi.Mode().Perm() != 0o640 {
+			t.Errorf("%s: mtime %v mode %v, want %v 0640", p, fi.ModTime(), fi.Mode(), e.ModTime)
+		}
+	}
+	if st.Files != 300 || st.Dirs != 11 || st.Bytes != want || progress != want {
+		t.Errorf("stats %+v, progress %d; want 300 files, 11 dirs, %d bytes", st, progress, want)
+	}
+	for d, e := range src.entries {
+		if e.Mode.IsDir() && d != "." {
+			fi, err := os.Stat(filepath.Join(dest, filepath.FromSlash(d)))
+			if err != nil || !fi.ModTime().Equal(e.ModTime) {
+				t.Errorf("%s: mtime %v (%v), want %v", d, fi.ModTime(), err, e.ModTime)
+			}
+		}
+	}
+}
+
+// TestCopyManyFilesOneFails: when one of many files cannot be read, Copy
+// returns that file's error (not the cancellation of the others), and no
+// temporary file is left anywhere, nor the failed file under its name.
+func TestCopyManyFilesOneFails(t *testing.T) {
+	src := manyFiles(300, "dir/d05/f155")
+	dest := t.TempDir()
+	_, err := Copy(context.Background(), src, "dir", dest, Options{Workers: 8})
+	if err == nil || !strings.Contains(err.Error(), "dir/d05/f155") || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("err = %v, want the read error of dir/d05/f155", err)
+	}
+	filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), ".vmvault-copy-") {
+			t.Errorf("temporary file left: %s", p)
+		}
+		return nil
+	})
+	if _, err := os.Stat(filepath.Join(dest, "dir", "d05", "f155")); err == nil {
+		t.Error("the failed file exists under its name")
 	}
 }
