@@ -117,13 +117,14 @@ func Copy(ctx context.Context, s Source, src, dest string, opts Options) (Stats,
 		c.wg.Add(1)
 		go c.worker()
 	}
-	err = c.copy(src, fi, root)
+	if err := c.copy(src, fi, root); err != nil {
+		// Stops the workers too; a walk stopped by a worker's failure
+		// keeps that failure as the error.
+		c.fail(err)
+	}
 	close(c.jobs)
 	c.wg.Wait()
-	if werr := c.failed(); werr != nil {
-		err = werr // the first failure, not the walk's "context canceled"
-	}
-	if err != nil {
+	if err := c.failed(); err != nil {
 		return st, err
 	}
 	// Directory mtimes are set after their contents, deepest first,
@@ -149,7 +150,7 @@ type copier struct {
 
 	mu  sync.Mutex // guards st and err, serialises opts.Progress
 	st  *Stats
-	err error // the first failure of a worker
+	err error // the first failure (fail)
 }
 
 // fileJob is one regular file to copy.
@@ -166,14 +167,19 @@ func (c *copier) worker() {
 			continue // a copy failed or was cancelled: drain
 		}
 		if err := c.copyFile(j.src, j.fi, j.dst); err != nil {
-			c.mu.Lock()
-			if c.err == nil {
-				c.err = err
-			}
-			c.mu.Unlock()
-			c.cancel()
+			c.fail(err)
 		}
 	}
+}
+
+// fail records the copy's first failure and stops the rest.
+func (c *copier) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+	c.cancel()
 }
 
 func (c *copier) failed() error {

@@ -24,6 +24,7 @@ type memSource struct {
 	data    map[string][]byte
 	dirs    map[string][]string // dir -> raw child names (may be unsafe)
 	bad     string              // a file whose reads fail
+	badDir  string              // a directory that cannot be listed
 }
 
 func (m *memSource) Stat(name string) (guest.FileInfo, error) {
@@ -34,7 +35,12 @@ func (m *memSource) Stat(name string) (guest.FileInfo, error) {
 	return fi, nil
 }
 
+var errUnlistable = errors.New("unlistable directory")
+
 func (m *memSource) ReadDir(name string) ([]guest.FileInfo, error) {
+	if name == m.badDir {
+		return nil, errUnlistable
+	}
 	var out []guest.FileInfo
 	for _, c := range m.dirs[name] {
 		fi := m.entries[path.Join(name, c)]
@@ -231,4 +237,31 @@ func TestCopyManyFilesOneFails(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dest, "dir", "d05", "f155")); err == nil {
 		t.Error("the failed file exists under its name")
 	}
+}
+
+// TestCopyWalkFails: a directory that cannot be listed in the middle of a
+// copy fails it with that error (not the cancellation it causes), files
+// being copied meanwhile are finished or removed, never left half-written.
+func TestCopyWalkFails(t *testing.T) {
+	src := manyFiles(300, "")
+	src.badDir = "dir/d07"
+	dest := t.TempDir()
+	_, err := Copy(context.Background(), src, "dir", dest, Options{Workers: 8})
+	if !errors.Is(err, errUnlistable) {
+		t.Fatalf("err = %v, want %v", err, errUnlistable)
+	}
+	filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), ".vmvault-copy-") {
+			t.Errorf("temporary file left: %s", p)
+			return nil
+		}
+		rel, _ := filepath.Rel(dest, p)
+		if got, _ := os.ReadFile(p); !bytes.Equal(got, src.data[filepath.ToSlash(rel)]) {
+			t.Errorf("%s is not whole", rel)
+		}
+		return nil
+	})
 }
