@@ -275,10 +275,7 @@ func (r *Repo) Backup(ctx context.Context, o BackupOptions) (res *BackupResult, 
 	}
 	workers := o.Workers
 	if workers <= 0 {
-		// One more than the cores: a worker waiting for a source read
-		// (page-cache miss) leaves the others enough to keep every core
-		// busy.
-		workers = max(2, cpus+1)
+		workers = DefaultWorkers()
 	}
 	stages.Workers = workers
 	clock := &stageClock{}

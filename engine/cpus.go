@@ -21,3 +21,9 @@ var cpus = runtime.GOMAXPROCS(0)
 // busy 1.85-1.9 of 2 instead of 1.64, and the backup took 3.5-3.9 s
 // instead of 4.1-4.5 s (interleaved runs); 6 and 8 were no better than 4.
 func IOProcs() int { return 2 * cpus }
+
+// DefaultWorkers is the number of segments a backup processes at once
+// unless BackupOptions.Workers says otherwise: one more than the CPUs, so
+// that while one waits for a source read (page-cache miss) the others keep
+// every core busy.
+func DefaultWorkers() int { return max(2, cpus+1) }
