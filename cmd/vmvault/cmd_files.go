@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"math"
 	"path"
-	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -53,9 +51,7 @@ func openFilesTree(cmd *cobra.Command, rf *repoFlags) (*mount.Tree, func(), erro
 	// of 15 k files peaked at 640 MiB RSS.
 	frames, blocks := treeCaches(filesCacheSize)
 	rf.frameCache = frames
-	if debug.SetMemoryLimit(-1) == math.MaxInt64 {
-		debug.SetMemoryLimit(filesCacheSize + mountMemoryOverhead)
-	}
+	limitMemoryUnlessSet(filesCacheSize + mountMemoryOverhead)
 	repo, err := rf.open()
 	if err != nil {
 		return nil, nil, err

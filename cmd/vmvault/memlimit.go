@@ -29,8 +29,12 @@ func backupMemoryLimit(workers int) int64 {
 // limitBackupMemory sets backupMemoryLimit unless a limit is already set
 // (GOMEMLIMIT in the environment, or the mount's, which forwarded backups
 // raise on their own: forward.go).
-func limitBackupMemory(workers int) {
+func limitBackupMemory(workers int) { limitMemoryUnlessSet(backupMemoryLimit(workers)) }
+
+// limitMemoryUnlessSet sets the Go memory limit to n unless one is set
+// already (GOMEMLIMIT, or a mount's).
+func limitMemoryUnlessSet(n int64) {
 	if debug.SetMemoryLimit(-1) == math.MaxInt64 {
-		debug.SetMemoryLimit(backupMemoryLimit(workers))
+		debug.SetMemoryLimit(n)
 	}
 }

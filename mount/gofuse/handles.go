@@ -65,7 +65,10 @@ func newHandleCache(max int) *handleCache {
 // acquire returns x's shared handle, opening it if needed. The caller must
 // release it.
 func (c *handleCache) acquire(ctx context.Context, x *node) (*sharedHandle, error) {
-	if sh := c.lookup(x); sh != nil {
+	c.mu.Lock()
+	sh := c.lookupLocked(x)
+	c.mu.Unlock()
+	if sh != nil {
 		return sh, nil
 	}
 	// Open outside the lock: opening a guest file reads its metadata.
@@ -74,14 +77,12 @@ func (c *handleCache) acquire(ctx context.Context, x *node) (*sharedHandle, erro
 		return nil, err
 	}
 	c.mu.Lock()
-	if sh, ok := c.byNode[x]; ok { // another read opened it meanwhile
-		sh.refs++
-		c.lru.MoveToFront(sh.elem)
+	if sh := c.lookupLocked(x); sh != nil { // another read opened it meanwhile
 		c.mu.Unlock()
 		h.Close()
 		return sh, nil
 	}
-	sh := &sharedHandle{h: h, x: x, refs: 1}
+	sh = &sharedHandle{h: h, x: x, refs: 1}
 	if c.closed {
 		// Unmounting: serve this read, keep nothing.
 		c.mu.Unlock()
@@ -92,7 +93,7 @@ func (c *handleCache) acquire(ctx context.Context, x *node) (*sharedHandle, erro
 	c.byNode[x] = sh
 	evicted := c.shrinkLocked(c.max)
 	c.mu.Unlock()
-	closeAll(evicted)
+	closeHandles(evicted)
 	return sh, nil
 }
 
@@ -110,15 +111,14 @@ func (c *handleCache) shrinkLocked(keep int) []*sharedHandle {
 	return unused
 }
 
-func closeAll(shs []*sharedHandle) {
+func closeHandles(shs []*sharedHandle) {
 	for _, sh := range shs {
 		sh.h.Close()
 	}
 }
 
-func (c *handleCache) lookup(x *node) *sharedHandle {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// lookupLocked returns x's cached handle with a reference taken, or nil.
+func (c *handleCache) lookupLocked(x *node) *sharedHandle {
 	sh, ok := c.byNode[x]
 	if !ok {
 		return nil
@@ -167,7 +167,7 @@ func (c *handleCache) closeAll() {
 	c.closed = true
 	unused := c.shrinkLocked(0)
 	c.mu.Unlock()
-	closeAll(unused)
+	closeHandles(unused)
 }
 
 // open returns the number of handles the cache holds (tests).
