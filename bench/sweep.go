@@ -15,7 +15,7 @@ type Knobs struct {
 	ChunkMin int64 `json:"chunk_min,omitempty"`
 	ChunkAvg int64 `json:"chunk_avg,omitempty"`
 	ChunkMax int64 `json:"chunk_max,omitempty"`
-	// Compression is what `vmvault init --compression` takes: s2, zstd,
+	// Compression is what `vmvault init --compression` takes: minlz, s2, zstd,
 	// zstd:LEVEL or none ("" = the chunkstore's default).
 	Compression  string `json:"compression,omitempty"`
 	DataShards   int    `json:"data_shards,omitempty"`
@@ -128,7 +128,7 @@ func (k Knobs) With(key, val string) (Knobs, error) {
 	return k, nil
 }
 
-// parseCompression reads the `vmvault init --compression` syntax (zstd,
+// parseCompression reads the `vmvault init --compression` syntax (minlz, zstd,
 // zstd:LEVEL, s2, none) with the chunkstore's own parser, so the knob
 // accepts exactly what init does.
 func parseCompression(v string) (method string, level int, err error) {

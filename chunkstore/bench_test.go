@@ -188,7 +188,7 @@ const benchSegment = 16 << 20
 // ingestSegments ingests data the way the engine's backup does: 16 MiB
 // segments taken in turn by n worker goroutines, each chunked in place
 // (IngestBytes: no copy into input blocks), then flushes.
-func ingestSegments(b *testing.B, s *Store, data []byte, n int) Stats {
+func ingestSegments(b testing.TB, s *Store, data []byte, n int) Stats {
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
@@ -598,7 +598,7 @@ func BenchmarkComponents(b *testing.B) {
 	comps := []struct {
 		name string
 		c    frameCompressor
-	}{{"zstd-go-1", goZ}, {"zstd-native-1", nat1}, {"zstd-native-m1", natM1}, {"zstd-native-m3", natM3}, {"s2", s2Compressor{}}}
+	}{{"zstd-go-1", goZ}, {"zstd-native-1", nat1}, {"zstd-native-m1", natM1}, {"zstd-native-m3", natM3}, {"s2", s2Compressor{}}, {"minlz", minlzCompressor{}}}
 	zb := make([]byte, 0, scratchLen)
 	for _, c := range comps {
 		out := 0
@@ -619,7 +619,7 @@ func BenchmarkComponents(b *testing.B) {
 		}
 		return fr
 	}
-	zframes, sframes := frames(nat1), frames(s2Compressor{})
+	zframes, sframes, mframes := frames(nat1), frames(s2Compressor{}), frames(minlzCompressor{})
 	goDec, _ := newGoZstdDecoder(1)
 	natDec, _ := newZstdDecoder(1)
 	out := make([]byte, fs+zstdSlack)
@@ -638,6 +638,13 @@ func BenchmarkComponents(b *testing.B) {
 	run("decode-64K-s2", func() {
 		for i, f := range sframes {
 			if err := s2Decode(out[:min(fs, len(data)-i*fs)], f); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	run("decode-64K-minlz", func() {
+		for i, f := range mframes {
+			if err := minlzDecode(out[:min(fs, len(data)-i*fs)], f); err != nil {
 				b.Fatal(err)
 			}
 		}

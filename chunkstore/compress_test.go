@@ -23,12 +23,14 @@ func TestParseCompression(t *testing.T) {
 		{"ZSTD:3", "zstd", 3, ""},
 		{"zstd:-3", "zstd", -3, ""},
 		{"s2", "s2", 0, ""},
+		{"MinLZ", "minlz", 0, ""},
 		{"none", "none", 0, ""},
 		{"zstd:0", "", 0, "bad zstd level"},
 		{"zstd:-8", "", 0, "bad zstd level"},
 		{"zstd:23", "", 0, "bad zstd level"},
 		{"zstd:x", "", 0, "bad zstd level"},
 		{"s2:1", "", 0, "takes no level"},
+		{"minlz:2", "", 0, "takes no level"},
 		{"lz4", "", 0, "unknown compression"},
 	} {
 		m, l, err := ParseCompression(c.in)
@@ -56,6 +58,7 @@ func TestCompressionMethods(t *testing.T) {
 	}{
 		{CompressionZstd, 1, false}, {CompressionZstd, -3, true}, {CompressionZstd, 3, false},
 		{CompressionS2, 0, false}, {CompressionS2, 0, true}, {CompressionNone, 0, false},
+		{CompressionMinLZ, 0, false}, {CompressionMinLZ, 0, true},
 	} {
 		o := InitOptions{Compression: c.comp, ZstdLevel: c.level, PackSize: 2 << 20}
 		var pw []byte
@@ -152,20 +155,40 @@ func TestZstdFrameCheck(t *testing.T) {
 	}
 }
 
-func TestS2Decode(t *testing.T) {
+// TestBlockDecoders: the s2 and MinLZ block decoders round-trip, refuse a
+// destination of another length (checked from the header, before any
+// work) and do not turn a damaged block into the original.
+func TestBlockDecoders(t *testing.T) {
 	data := osLike(t, 64<<10)
-	z := s2.Encode(nil, data)
-	dst := make([]byte, len(data))
-	if err := s2Decode(dst, z); err != nil || !bytes.Equal(dst, data) {
-		t.Fatalf("round trip: %v", err)
-	}
-	if err := s2Decode(make([]byte, len(data)-1), z); !errors.Is(err, errS2Length) {
-		t.Fatalf("short dst: %v", err)
-	}
-	bad := append([]byte{}, z...)
-	bad[len(bad)/2] ^= 0xff
-	if err := s2Decode(dst, bad); err == nil && bytes.Equal(dst, data) {
-		t.Fatal("corrupt block decoded to the original")
+	for _, c := range []struct {
+		name   string
+		encode func([]byte) []byte
+		decode func(dst, src []byte) error
+	}{
+		{"s2", func(b []byte) []byte { return s2.Encode(nil, b) }, s2Decode},
+		{"minlz", func(b []byte) []byte { return minlzCompressor{}.compress(nil, b) }, minlzDecode},
+	} {
+		z := c.encode(data)
+		if len(z) == 0 || len(z) >= len(data) {
+			t.Fatalf("%s: compressed OS data to %d bytes", c.name, len(z))
+		}
+		dst := make([]byte, len(data))
+		if err := c.decode(dst, z); err != nil || !bytes.Equal(dst, data) {
+			t.Fatalf("%s: round trip: %v", c.name, err)
+		}
+		for _, n := range []int{len(data) - 1, len(data) + 1} {
+			if err := c.decode(make([]byte, n), z); !errors.Is(err, errS2Length) {
+				t.Fatalf("%s: dst of %d bytes: %v", c.name, n, err)
+			}
+		}
+		bad := append([]byte{}, z...)
+		bad[len(bad)/2] ^= 0xff
+		if err := c.decode(dst, bad); err == nil && bytes.Equal(dst, data) {
+			t.Fatalf("%s: corrupt block decoded to the original", c.name)
+		}
+		if err := c.decode(dst, z[:len(z)/2]); err == nil {
+			t.Fatalf("%s: truncated block decoded", c.name)
+		}
 	}
 	_ = context.Background
 }

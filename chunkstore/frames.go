@@ -22,7 +22,7 @@ import (
 //	           bit2 the CRC also covers the chunk ID and frame index
 //	byte 2     log2(frame size), 12..20
 //	uvarint    raw length of the chunk
-//	per frame  uvarint stored length, byte method (0 raw, 1 zstd, 2 s2),
+//	per frame  uvarint stored length, byte method (0 raw, 1 zstd, 2 s2, 3 minlz),
 //	           [u32 LE CRC-32C of the frame's plaintext, if bit1]
 //	frames     concatenated; a sealed frame is nonce(12) || GCM(payload)
 //
@@ -183,7 +183,7 @@ func parseFrameTable(head []byte, storedLen int64) (*frameTable, error) {
 			if sl != uint64(raw+over) {
 				return nil, bad("frame %d: raw frame of %d bytes stored as %d", i, raw, sl)
 			}
-		case methodZstd, methodS2:
+		case methodZstd, methodS2, methodMinLZ:
 			// A sealed frame holds at least its nonce and tag.
 			if sl <= uint64(over) || sl > uint64(raw+over) {
 				return nil, bad("frame %d: bad stored length %d", i, sl)
@@ -230,8 +230,8 @@ type codec struct {
 // writes at most that).
 const scratchLen = maxFrameSize + maxFrameSize/6 + 4096
 
-// newCodec makes the codec of a repository: compression is "zstd", "s2" or
-// "none" ("" = none), level the zstd level.
+// newCodec makes the codec of a repository: compression is "minlz", "s2",
+// "zstd" or "none" ("" = none), level the zstd level.
 func newCodec(frameSize int, compression string, level int, aead cipher.AEAD, concurrency int) (*codec, error) {
 	c := &codec{frameSize: frameSize, shift: byte(bits.Len(uint(frameSize)) - 1), aead: aead}
 	var err error
@@ -484,6 +484,10 @@ func (c *codec) decodeFrame(dst []byte, id ID, t *frameTable, i int, stored []by
 		}
 	case methodS2:
 		if err := s2Decode(dst, payload); err != nil {
+			return fmt.Errorf("chunkstore: chunk %s frame %d: %w: decompress: %v", id, i, ErrCorrupt, err)
+		}
+	case methodMinLZ:
+		if err := minlzDecode(dst, payload); err != nil {
 			return fmt.Errorf("chunkstore: chunk %s frame %d: %w: decompress: %v", id, i, ErrCorrupt, err)
 		}
 	}

@@ -15,11 +15,8 @@ func seedBlobs(t testing.TB) [][]byte {
 		t.Fatal(err)
 	}
 	var out [][]byte
-	for i, a := range []bool{false, true, false, true} {
-		comp := CompressionZstd
-		if i >= 2 {
-			comp = CompressionS2
-		}
+	for i, a := range []bool{false, true, false, true, false, true} {
+		comp := []string{CompressionZstd, CompressionS2, CompressionMinLZ}[i/2]
 		c, err := newCodec(4096, comp, 1, nil, 1)
 		if err != nil {
 			t.Fatal(err)

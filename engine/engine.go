@@ -80,7 +80,7 @@ type InitOptions struct {
 	ChunkMin, ChunkAvg, ChunkMax int
 	PackSize                     int
 	// Compression in chunkstore.ParseCompression syntax ("zstd",
-	// "zstd:-3", "s2", "none"); "" = the chunkstore default.
+	// "zstd:-3", "minlz", "s2", "none"); "" = the chunkstore default.
 	Compression string
 }
 

@@ -56,7 +56,7 @@ same backups and restores on the same files, and restic mount the reads.
 --sweep KEY=V1,V2 (repeatable) reruns the backup stages once per value in a
 fresh repository, other knobs at their defaults. Keys: chunk-min, chunk-avg
 (min and max follow at avg/4 and avg*8 unless swept), chunk-max, compression
-(what init --compression takes: s2, zstd, zstd:LEVEL, none), rs (DATA+PARITY, e.g. 8+2; 4+0 = no parity), encryption
+(what init --compression takes: minlz, s2, zstd, zstd:LEVEL, none), rs (DATA+PARITY, e.g. 8+2; 4+0 = no parity), encryption
 (on/off), concurrency (backup segment workers), pack-size, cache-size (mount;
 its sweep also runs the mount reads).
 
