@@ -136,19 +136,19 @@ func minlzDecode(dst, src []byte) error {
 		return err
 	}
 	if n != len(dst) {
-		return errS2Length
+		return errBlockLength
 	}
 	out, err := minlz.Decode(dst, src)
 	if err != nil {
 		return err
 	}
 	if len(out) != len(dst) || len(out) > 0 && &out[0] != &dst[0] {
-		return errS2Length
+		return errBlockLength
 	}
 	return nil
 }
 
-var errS2Length = errors.New("decoded length mismatch")
+var errBlockLength = errors.New("decoded length mismatch")
 
 // s2Decode decodes an s2 block into dst, which must be exactly its length:
 // the length header is checked first, so a hostile block never allocates.
@@ -158,14 +158,14 @@ func s2Decode(dst, src []byte) error {
 		return err
 	}
 	if n != len(dst) {
-		return errS2Length
+		return errBlockLength
 	}
 	out, err := s2.Decode(dst, src)
 	if err != nil {
 		return err
 	}
 	if len(out) != len(dst) || &out[0] != &dst[0] {
-		return errS2Length
+		return errBlockLength
 	}
 	return nil
 }

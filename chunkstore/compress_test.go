@@ -177,7 +177,7 @@ func TestBlockDecoders(t *testing.T) {
 			t.Fatalf("%s: round trip: %v", c.name, err)
 		}
 		for _, n := range []int{len(data) - 1, len(data) + 1} {
-			if err := c.decode(make([]byte, n), z); !errors.Is(err, errS2Length) {
+			if err := c.decode(make([]byte, n), z); !errors.Is(err, errBlockLength) {
 				t.Fatalf("%s: dst of %d bytes: %v", c.name, n, err)
 			}
 		}
