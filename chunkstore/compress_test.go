@@ -181,6 +181,12 @@ func TestBlockDecoders(t *testing.T) {
 				t.Fatalf("%s: dst of %d bytes: %v", c.name, n, err)
 			}
 		}
+		// A block whose header claims more than dst holds is refused
+		// before the decoder could allocate for it.
+		small := make([]byte, len(data)/2)
+		if a := testing.AllocsPerRun(10, func() { c.decode(small, z) }); a != 0 {
+			t.Fatalf("%s: a block longer than dst cost %v allocations", c.name, a)
+		}
 		bad := append([]byte{}, z...)
 		bad[len(bad)/2] ^= 0xff
 		if err := c.decode(dst, bad); err == nil && bytes.Equal(dst, data) {
