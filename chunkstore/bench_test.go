@@ -222,9 +222,18 @@ func ingestSegments(b testing.TB, s *Store, data []byte, n int) Stats {
 	return st
 }
 
+// segmentWorkers is the backup's default number of segment workers,
+// engine.DefaultWorkers: CPUs+1, whatever GOMAXPROCS (-cpu) is.
+func segmentWorkers() int {
+	if v, err := strconv.Atoi(os.Getenv("VMVAULT_BENCH_WORKERS")); err == nil && v > 0 {
+		return v
+	}
+	return max(2, runtime.NumCPU()+1)
+}
+
 // BenchmarkIngestSegments is BenchmarkIngest on the engine's path: 16 MiB
-// segments through IngestBytes, 3 workers (the backup's default on two
-// cores, GOMAXPROCS+1), new repository each iteration.
+// segments through IngestBytes, 3 workers on two cores (segmentWorkers;
+// VMVAULT_BENCH_WORKERS overrides), new repository each iteration.
 func BenchmarkIngestSegments(b *testing.B) {
 	data := osLike(b, benchMB()<<20)
 	b.SetBytes(int64(len(data)))
@@ -236,7 +245,7 @@ func BenchmarkIngestSegments(b *testing.B) {
 		runtime.GC()
 		b.StartTimer()
 		c0 := cpuTime()
-		ingestSegments(b, s, data, runtime.GOMAXPROCS(0)+1)
+		ingestSegments(b, s, data, segmentWorkers())
 		b.StopTimer()
 		cpu += cpuTime() - c0
 		s.Close()
@@ -254,7 +263,7 @@ func BenchmarkIngestDedupSegments(b *testing.B) {
 	dir, pw := benchRepo(b, false)
 	s := openT(b, dir, OpenOptions{Password: pw})
 	defer s.Close()
-	workers := runtime.GOMAXPROCS(0) + 1
+	workers := segmentWorkers()
 	ingestSegments(b, s, data, workers)
 	disk := shardBytes(b, dir)
 	b.SetBytes(int64(len(data)))
