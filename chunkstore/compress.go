@@ -127,44 +127,37 @@ func (minlzCompressor) compress(dst, src []byte) []byte {
 	return out
 }
 
-// minlzDecode decodes a MinLZ block into dst, which must be exactly its
-// length: the length header is checked first, so a hostile block never
-// allocates.
-func minlzDecode(dst, src []byte) error {
-	n, err := minlz.DecodedLen(src)
+var errBlockLength = errors.New("decoded length mismatch")
+
+// s2Decode and minlzDecode decode a block into dst, which must be exactly
+// its length (decodeExact).
+func s2Decode(dst, src []byte) error    { return decodeExact(dst, src, s2.DecodedLen, s2.Decode) }
+func minlzDecode(dst, src []byte) error { return decodeExact(dst, src, minlz.DecodedLen, minlz.Decode) }
+
+// decodeBlock decodes a frame of block method m (s2 or MinLZ) into dst.
+func decodeBlock(m byte, dst, src []byte) error {
+	if m == methodMinLZ {
+		return minlzDecode(dst, src)
+	}
+	return s2Decode(dst, src)
+}
+
+// decodeExact runs a block decoder whose output must fill dst exactly: the
+// length header is checked first, so a hostile block never allocates, and
+// a decoder that did not write into dst is an error too.
+func decodeExact(dst, src []byte, decodedLen func([]byte) (int, error), decode func(dst, src []byte) ([]byte, error)) error {
+	n, err := decodedLen(src)
 	if err != nil {
 		return err
 	}
 	if n != len(dst) {
 		return errBlockLength
 	}
-	out, err := minlz.Decode(dst, src)
+	out, err := decode(dst, src)
 	if err != nil {
 		return err
 	}
 	if len(out) != len(dst) || len(out) > 0 && &out[0] != &dst[0] {
-		return errBlockLength
-	}
-	return nil
-}
-
-var errBlockLength = errors.New("decoded length mismatch")
-
-// s2Decode decodes an s2 block into dst, which must be exactly its length:
-// the length header is checked first, so a hostile block never allocates.
-func s2Decode(dst, src []byte) error {
-	n, err := s2.DecodedLen(src)
-	if err != nil {
-		return err
-	}
-	if n != len(dst) {
-		return errBlockLength
-	}
-	out, err := s2.Decode(dst, src)
-	if err != nil {
-		return err
-	}
-	if len(out) != len(dst) || &out[0] != &dst[0] {
 		return errBlockLength
 	}
 	return nil

@@ -482,12 +482,8 @@ func (c *codec) decodeFrame(dst []byte, id ID, t *frameTable, i int, stored []by
 		if len(out) > 0 && &out[0] != &dst[0] {
 			copy(dst, out)
 		}
-	case methodS2:
-		if err := s2Decode(dst, payload); err != nil {
-			return fmt.Errorf("chunkstore: chunk %s frame %d: %w: decompress: %v", id, i, ErrCorrupt, err)
-		}
-	case methodMinLZ:
-		if err := minlzDecode(dst, payload); err != nil {
+	case methodS2, methodMinLZ:
+		if err := decodeBlock(f.method, dst, payload); err != nil {
 			return fmt.Errorf("chunkstore: chunk %s frame %d: %w: decompress: %v", id, i, ErrCorrupt, err)
 		}
 	}
